@@ -1,0 +1,269 @@
+"""The beans splits as uint8 arrays at a requested size, from TFDS, a local folder, or the synthetic generator.
+
+`load_beans(source, image_size)` decodes and resizes every image once per
+(source, size, subsample) and keeps the result in an in-process memo and in an
+on-disk cache (`beanlib.cache`: `$BEANLIB_CACHE`, default `~/.cache/beanlib`), so no epoch and
+no trial ever decodes a JPEG again. Each prepared dataset carries a content
+fingerprint (a hash of its pixels and labels) that goes into every result.
+
+Sources (the `source` argument, or `--data` on the command line):
+- `"tfds"`: the real TFDS `beans` dataset; downloads on first use into the TFDS
+  data dir (`tfds_data_dir`, else `$TFDS_DATA_DIR`, else `~/tensorflow_datasets`).
+- a folder path laid out as `split/class/*.jpg` (the official archives' layout,
+  e.g. an offline copy), read in place.
+- `"synthetic"`: the seeded procedural stand-in of `beanlib.synthetic`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from beanlib import synthetic
+from beanlib.cache import cache_path, read_npz, write_npz
+from beanlib.config import CLASS_NAMES
+from beanlib.errors import BeanlibError
+
+SPLITS = ("train", "validation", "test")
+# Images per class in TFDS beans 0.1.0; the synthetic source mirrors them.
+BEANS_COUNTS = {"train": (345, 348, 341), "validation": (44, 45, 44), "test": (43, 43, 42)}
+CACHE_FORMAT = 1  # bump when the prepared arrays change meaning: it is part of every cache key
+LAYOUT_HINT = "a folder laid out as split/class/*.jpg (train, validation, test; angular_leaf_spot, bean_rust, healthy)"
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split: images (N, S, S, 3) uint8 and labels (N,) int64 in the TFDS label order."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
+class BeansData:
+    """The three prepared splits, where they came from, and their content fingerprint."""
+
+    train: Split
+    validation: Split
+    test: Split
+    image_size: int
+    source: str
+    fingerprint: str
+
+    def split(self, name: str) -> Split:
+        """The split called `name` (train, validation or test)."""
+        return getattr(self, name)
+
+    def counts(self) -> dict[str, list[int]]:
+        """Images per class in each split."""
+        return {s: np.bincount(self.split(s).labels, minlength=len(CLASS_NAMES)).tolist() for s in SPLITS}
+
+
+@dataclass(frozen=True)
+class _Source:
+    """A data source resolved from the user's string: a cache identity and a reader."""
+
+    identity: str  # everything that determines the pixels, for the cache key
+    read: Callable[[int, int | None], dict[str, Split]]  # (image_size, per_class) -> splits
+
+
+_MEMO: dict[str, BeansData] = {}
+
+
+def load_beans(
+    source: str = "tfds",
+    image_size: int = 299,
+    per_class: int | None = None,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    tfds_data_dir: str | None = None,
+    seed: int = 0,
+) -> BeansData:
+    """The train/validation/test splits at `image_size`, prepared once and cached.
+
+    `per_class` keeps the first n images of each class in each split (source
+    order) for smoke runs and tests. `seed` only affects the synthetic source.
+    """
+    if not isinstance(image_size, int) or image_size < 1:
+        raise BeanlibError(f"image_size must be a positive integer, got {image_size!r}")
+    if per_class is not None and (not isinstance(per_class, int) or per_class < 1):
+        raise BeanlibError(f"per_class must be a positive integer or None, got {per_class!r}")
+    resolved = _resolve(source, tfds_data_dir, seed)
+    key = hashlib.sha256(json.dumps([CACHE_FORMAT, resolved.identity, image_size, per_class]).encode()).hexdigest()[:24]
+    if key in _MEMO:
+        return _MEMO[key]
+    path = cache_path("data", key, cache_dir)
+    cached = read_npz(path)
+    if cached is not None:
+        splits = {s: Split(cached[f"{s}_images"], cached[f"{s}_labels"]) for s in SPLITS}
+        stored = str(cached["fingerprint"])
+    else:
+        splits = resolved.read(image_size, per_class)
+        stored = fingerprint(splits)
+        arrays = {f"{s}_{k}": getattr(splits[s], k) for s in SPLITS for k in ("images", "labels")}
+        write_npz(path, {"fingerprint": np.array(stored), **arrays})
+    _MEMO[key] = BeansData(**splits, image_size=image_size, source=source, fingerprint=stored)
+    return _MEMO[key]
+
+
+def fingerprint(splits: dict[str, Split]) -> str:
+    """A short content hash of the pixels and labels of every split."""
+    digest = hashlib.sha256()
+    for name in SPLITS:
+        split = splits[name]
+        digest.update(f"{name}:{split.images.shape}".encode())
+        digest.update(np.ascontiguousarray(split.images).data)
+        digest.update(np.ascontiguousarray(split.labels, np.int64).data)
+    return digest.hexdigest()[:16]
+
+
+def resize_uint8(image, image_size: int) -> np.ndarray:
+    """Resize one decoded HxWx3 image to SxS with antialiasing, back to uint8 (how every source resizes)."""
+    import tensorflow as tf
+
+    resized = tf.image.resize(image, (image_size, image_size), method="bilinear", antialias=True)
+    return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8).numpy()
+
+
+def _resolve(source: str, tfds_data_dir: str | None, seed: int) -> _Source:
+    if not isinstance(source, str) or not source:
+        raise BeanlibError(f"data source must be 'tfds', 'synthetic' or a folder path, got {source!r}")
+    if source in NAMED_SOURCES:
+        return NAMED_SOURCES[source](tfds_data_dir, seed)
+    return _folder_source(Path(source))
+
+
+# --- TFDS -------------------------------------------------------------------------------------
+
+
+def _tfds_source(data_dir: str | None, seed: int) -> _Source:
+    data_dir = data_dir or os.environ.get("TFDS_DATA_DIR")
+    return _Source(f"tfds:beans:{data_dir}", lambda size, per_class: _read_tfds(data_dir, size, per_class))
+
+
+def _read_tfds(data_dir: str | None, image_size: int, per_class: int | None) -> dict[str, Split]:
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder("beans", data_dir=data_dir)
+    try:
+        builder.download_and_prepare()
+    except Exception as error:  # network errors come from requests, urllib3, tfds or grpc: all mean the same
+        first_line = (str(error).splitlines() or [""])[0][:200]
+        raise BeanlibError(
+            f"could not download the TFDS 'beans' dataset ({type(error).__name__}: {first_line}); "
+            f"without network, point --data (or BEANLIB_DATA) at a local copy: {LAYOUT_HINT}"
+        ) from None
+    names = tuple(builder.info.features["label"].names)
+    if names != CLASS_NAMES:
+        raise BeanlibError(f"TFDS beans has labels {names}, expected {CLASS_NAMES}: use tensorflow-datasets 4.9.x")
+    splits = {}
+    for name in SPLITS:
+        examples = tfds.as_numpy(builder.as_dataset(split=name, as_supervised=True, shuffle_files=False))
+        kept = _first_per_class(((image, int(label)) for image, label in examples), per_class)
+        splits[name] = _stack(((resize_uint8(image, image_size), label) for image, label in kept), image_size)
+    return splits
+
+
+# --- a local folder in the official layout ----------------------------------------------------
+
+
+def _folder_source(root: Path) -> _Source:
+    files = _scan_folder(root)
+    listing = [(str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns) for s in SPLITS for c in files[s] for p in c]
+    identity = f"folder:{root.resolve()}:" + hashlib.sha256(json.dumps(listing).encode()).hexdigest()
+    return _Source(identity, lambda size, per_class: _read_folder(files, size, per_class))
+
+
+def _scan_folder(root: Path) -> dict[str, list[list[Path]]]:
+    """Check the layout and list each split's image files per class, sorted by name."""
+    if not root.is_dir():
+        raise BeanlibError(f"data folder {root} does not exist: pass --data tfds, --data synthetic, or {LAYOUT_HINT}")
+    files = {}
+    for split in SPLITS:
+        split_dir = root / split
+        if not split_dir.is_dir():
+            raise BeanlibError(f"data folder {root} has no {split!r} split folder: expected {LAYOUT_HINT}")
+        found = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+        for name in found:
+            if name not in CLASS_NAMES:
+                raise BeanlibError(
+                    f"unexpected class folder {split_dir / name}: expected only {', '.join(CLASS_NAMES)}; move it out"
+                )
+        for name in CLASS_NAMES:
+            if name not in found:
+                raise BeanlibError(f"missing class folder {split_dir / name}: expected {LAYOUT_HINT}")
+        files[split] = []
+        for name in CLASS_NAMES:
+            images = sorted(p for p in (split_dir / name).iterdir() if p.is_file() and not p.name.startswith("."))
+            if not images:
+                raise BeanlibError(f"class folder {split_dir / name} holds no images: restore its files")
+            files[split].append(images)
+    return files
+
+
+def _read_folder(files: dict[str, list[list[Path]]], image_size: int, per_class: int | None) -> dict[str, Split]:
+    splits = {}
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:  # TF's decode releases the GIL
+        for split in SPLITS:
+            chosen = [(path, label) for label, paths in enumerate(files[split]) for path in paths[:per_class]]
+            images = pool.map(lambda item: resize_uint8(_decode(item[0]), image_size), chosen)
+            splits[split] = _stack(zip(images, (label for _, label in chosen)), image_size)
+    return splits
+
+
+def _decode(path: Path):
+    import tensorflow as tf
+
+    try:
+        return tf.io.decode_image(tf.io.read_file(str(path)), channels=3, expand_animations=False)
+    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as error:
+        reason = (error.message or "").splitlines()[0][:120] if hasattr(error, "message") else ""
+        raise BeanlibError(f"cannot decode {path} as an image ({reason}): replace or remove the file") from None
+
+
+# --- synthetic ----------------------------------------------------------------------------------
+
+
+def _synthetic_source(data_dir: str | None, seed: int) -> _Source:
+    def read(image_size: int, per_class: int | None) -> dict[str, Split]:
+        splits = {}
+        for stream, name in enumerate(SPLITS):
+            counts = tuple(min(n, per_class or n) for n in BEANS_COUNTS[name])
+            splits[name] = Split(*synthetic.generate(counts, image_size, seed, stream))
+        return splits
+
+    return _Source(f"synthetic:v{synthetic.GENERATOR_VERSION}:seed{seed}", read)
+
+
+NAMED_SOURCES: dict[str, Callable[[str | None, int], _Source]] = {
+    "tfds": _tfds_source,
+    "synthetic": _synthetic_source,
+}
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def _first_per_class(examples: Iterable[tuple[np.ndarray, int]], per_class: int | None):
+    """Yield examples in order, at most `per_class` of each label."""
+    seen = [0] * len(CLASS_NAMES)
+    for image, label in examples:
+        if per_class is None or seen[label] < per_class:
+            seen[label] += 1
+            yield image, label
+
+
+def _stack(items: Iterable[tuple[np.ndarray, int]], image_size: int) -> Split:
+    pairs = list(items)
+    images = np.stack([img for img, _ in pairs]) if pairs else np.zeros((0, image_size, image_size, 3), np.uint8)
+    return Split(images, np.array([label for _, label in pairs], np.int64))

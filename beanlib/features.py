@@ -1,0 +1,70 @@
+"""Pooled Inception-v3 base features, computed once per (weights, image size, data) and reused.
+
+With the base frozen and called with training=False, its output for an image
+never changes, so the head-only phase can train on these features instead of
+pushing every image through the base every epoch. They are memoised in-process
+and cached on disk beside the prepared data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from beanlib.config import TrialConfig
+from beanlib.cache import cache_path, read_npz, write_npz
+from beanlib.data import SPLITS, BeansData
+
+INFERENCE_BATCH = 64  # larger batches only add memory on CPU; on GPU this is small enough for any size
+
+
+@dataclass(frozen=True)
+class Features:
+    """Pooled base features (N, 2048) float32 per split, the key they were computed for, and how long that took."""
+
+    key: str
+    splits: dict[str, np.ndarray]
+    seconds: float
+
+
+_MEMO: dict[str, Features] = {}
+
+
+def features_key(config: TrialConfig, data: BeansData) -> str:
+    """What determines the features: the base weights, the image size and the data.
+
+    Random-init weights ("none") depend on the trial's seed; a weights file on its content.
+    """
+    weights: object = config.weights
+    if config.weights == "none":
+        weights = ["none", config.seed]
+    elif os.path.isfile(config.weights):
+        stat = os.stat(config.weights)
+        weights = [os.path.abspath(config.weights), stat.st_size, stat.st_mtime_ns]
+    blob = json.dumps(["inception_v3", weights, config.image_size, data.fingerprint])
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def compute_features(features_model, config: TrialConfig, data: BeansData, *, cache_dir: str | os.PathLike | None = None) -> Features:
+    """The pooled features of every split under `features_model`, from memo, disk cache, or computed."""
+    key = features_key(config, data)
+    if key in _MEMO:
+        return _MEMO[key]
+    path = cache_path("features", key, cache_dir)
+    cached = read_npz(path)
+    if cached is not None:
+        _MEMO[key] = Features(key, cached, 0.0)
+        return _MEMO[key]
+    start = time.perf_counter()
+    splits = {
+        s: np.asarray(features_model.predict(data.split(s).images, batch_size=INFERENCE_BATCH, verbose=0), np.float32)
+        for s in SPLITS
+    }
+    _MEMO[key] = Features(key, splits, time.perf_counter() - start)
+    write_npz(path, splits)
+    return _MEMO[key]

@@ -1,0 +1,107 @@
+"""The study's two model families, as Keras 3 functional models built from a TrialConfig.
+
+Both take uint8-range images (resized in the data pipeline) and rescale inside
+the model, and both output logits for the 3 classes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import keras
+from keras import layers
+
+from beanlib.config import NUM_CLASSES, TrialConfig
+
+
+@dataclass
+class Built:
+    """A built model and the parts a trial needs to reach.
+
+    For Inception-v3, `base` is the pretrained network and `head` the small
+    model on its pooled features, shared with `model` (training one trains
+    the other); `features` maps images to those pooled features.
+    """
+
+    model: keras.Model
+    base: keras.Model | None = None
+    head: keras.Model | None = None
+    features: keras.Model | None = None
+
+
+# Regularizers on the conv layers, picked by name: kernel regularizer, and
+# whether a Dropout(rate) follows each conv. Dropout placement is ours (the
+# original says only "Dropout(0.2) on the conv layers").
+KERNEL_REGULARIZERS = {
+    "none": lambda strength: None,
+    "l1": lambda strength: keras.regularizers.L1(strength),
+    "l2": lambda strength: keras.regularizers.L2(strength),
+    "dropout": lambda strength: None,
+}
+
+
+def build_lenet(config: TrialConfig) -> Built:
+    """The original's LeNet: three valid 'relu' convs with 2x2 max-pooling between, Dense(50), Dense(3) logits."""
+    size = config.image_size
+    regularizer = KERNEL_REGULARIZERS[config.regularizer](config.reg_strength)
+    inputs = keras.Input((size, size, 3), name="image")
+    x = layers.Rescaling(1 / 255)(inputs)
+    for i, filters in enumerate(config.kernel_counts):
+        x = layers.Conv2D(filters, config.kernel_size, activation="relu", kernel_regularizer=regularizer, name=f"conv{i + 1}")(x)
+        if config.regularizer == "dropout":
+            x = layers.Dropout(config.reg_strength, name=f"dropout{i + 1}")(x)
+        if i < 2:
+            x = layers.MaxPooling2D(2, name=f"pool{i + 1}")(x)
+    x = layers.Flatten()(x)
+    x = layers.Dense(50, activation="relu", name="dense")(x)
+    outputs = layers.Dense(NUM_CLASSES, name="logits")(x)
+    return Built(keras.Model(inputs, outputs, name="lenet"))
+
+
+def build_inception(config: TrialConfig) -> Built:
+    """Inception-v3 transfer model: [-1,1] rescale, base(training=False), GAP, Dense(1024, relu), Dense(3) logits.
+
+    The base is built frozen (head-only phase); `set_unfrozen` opens it for fine-tuning.
+    """
+    size = config.image_size
+    weights = None if config.weights == "none" else config.weights  # "imagenet" or a weights file path
+    base = keras.applications.InceptionV3(include_top=False, weights=weights, input_shape=(size, size, 3))
+    base.trainable = False
+
+    pooled_in = keras.Input((base.output_shape[-1],), name="pooled")
+    hidden = layers.Dense(1024, activation="relu", name="head_dense")(pooled_in)  # activation not stated (ours)
+    head = keras.Model(pooled_in, layers.Dense(NUM_CLASSES, name="logits")(hidden), name="head")
+
+    inputs = keras.Input((size, size, 3), name="image")
+    x = layers.Rescaling(1 / 127.5, offset=-1)(inputs)
+    # training=False keeps BatchNorm in inference mode, also while fine-tuning:
+    # batch statistics of 32 leaf photos would wreck the ImageNet ones.
+    pooled = layers.GlobalAveragePooling2D(name="pool")(base(x, training=False))
+    model = keras.Model(inputs, head(pooled), name="inception_v3_transfer")
+    return Built(model, base=base, head=head, features=keras.Model(inputs, pooled, name="features"))
+
+
+def set_unfrozen(built: Built, unfreeze_from: int | None) -> None:
+    """Make base layers from index `unfreeze_from` on trainable (None: freeze the whole base).
+
+    Every layer's flag is set explicitly: in Keras 3, flipping `base.trainable`
+    does not reset flags left on individual layers by an earlier call, so a
+    second call would otherwise keep a stale trainable set. Recompile after.
+    """
+    built.base.trainable = unfreeze_from is not None
+    for index, layer in enumerate(built.base.layers):
+        layer.trainable = unfreeze_from is not None and index >= unfreeze_from
+
+
+def count_params(weights) -> int:
+    """Number of scalars in a list of Keras variables."""
+    return int(sum(math.prod(w.shape) for w in weights))
+
+
+BUILDERS = {"lenet": build_lenet, "inception": build_inception}
+
+
+def build(config: TrialConfig) -> Built:
+    """The model for `config.model`, picked from BUILDERS."""
+    return BUILDERS[config.model](config)

@@ -1,0 +1,249 @@
+"""One training trial: a validated config and prepared data in, one result record out.
+
+No Ray here: the sweep calls `run_trial` inside Ray Tune trials, tests and
+`jobs.trial` call it directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from beanlib.config import NUM_CLASSES, TrialConfig
+from beanlib.data import SPLITS, BeansData
+from beanlib.features import compute_features, features_key
+from beanlib.models import build, count_params, set_unfrozen
+
+log = logging.getLogger(__name__)
+
+EpochHook = Callable[[dict], "bool | None"]  # gets each epoch's record; returning True stops the trial
+
+_TF_CONFIGURED: dict[str, Any] = {}
+
+
+@dataclass
+class TrialResult:
+    """What one trial produced: status, per-epoch history and final metrics."""
+
+    status: str  # "ok", "diverged" (non-finite loss) or "stopped" (the epoch hook asked)
+    history: list[dict] = field(default_factory=list)
+    train_loss: float | None = None
+    train_accuracy: float | None = None
+    val_loss: float | None = None
+    val_accuracy: float | None = None
+    test_loss: float | None = None
+    test_accuracy: float | None = None
+    per_class_accuracy: list[float] | None = None
+    confusion_matrix: list[list[int]] | None = None  # rows: true class, columns: predicted
+    best_val_accuracy: float | None = None
+    best_epoch: int | None = None
+    trainable_params: int = 0  # in the last phase
+    total_params: int = 0
+    train_seconds: float = 0.0  # fitting, plus base-feature extraction when this trial computed them
+    feature_seconds: float = 0.0
+    images_per_second: float = 0.0  # training images processed per train second
+    data_fingerprint: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The result as a plain dict."""
+        return dataclasses.asdict(self)
+
+
+def configure_tensorflow(cpus: int | None = None) -> None:
+    """Confine TensorFlow to this trial's share: GPU memory growth, CPU thread pools of `cpus` threads.
+
+    TensorFlow fixes these when its runtime starts, so only the first call in a
+    process takes effect (Ray runs each trial in its own worker process).
+    On CPU-only hosts op determinism is switched on, so a seed fixes the history.
+    """
+    if _TF_CONFIGURED:
+        if cpus not in (None, _TF_CONFIGURED.get("cpus")):
+            log.info("TensorFlow threads already fixed at %s in this process", _TF_CONFIGURED.get("cpus"))
+        return
+    gpus = tf.config.list_physical_devices("GPU")
+    try:
+        for gpu in gpus:
+            # Trials sharing a GPU each take memory as they need it, not all of it up front.
+            tf.config.experimental.set_memory_growth(gpu, True)
+        if cpus:
+            tf.config.threading.set_intra_op_parallelism_threads(cpus)
+            tf.config.threading.set_inter_op_parallelism_threads(min(cpus, 2))
+    except RuntimeError as error:  # the runtime was already started by someone else in this process
+        log.info("TensorFlow already initialised, keeping its settings: %s", error)
+    if not gpus:
+        tf.config.experimental.enable_op_determinism()
+    _TF_CONFIGURED.update(cpus=cpus, gpus=len(gpus))
+
+
+def run_trial(
+    config: TrialConfig | Mapping[str, Any],
+    data: BeansData,
+    *,
+    on_epoch: EpochHook | None = None,
+    features=None,
+    cpus: int | None = None,
+) -> TrialResult:
+    """Train and evaluate one config on prepared data; returns its TrialResult.
+
+    `features` (beanlib.features.Features) lets a caller hand in base features
+    computed elsewhere (the sweep shares them through Ray's object store).
+    Exceptions other than divergence propagate: the caller records them.
+    """
+    if not isinstance(config, TrialConfig):
+        config = TrialConfig.from_dict(config)
+    if data.image_size != config.image_size:
+        raise ValueError(f"data prepared at {data.image_size}px but the config asks for {config.image_size}px")
+    configure_tensorflow(cpus)
+    keras.utils.set_random_seed(config.seed)
+    built = build(config)
+    trial = _Trial(config, data, built, _EpochRecorder(on_epoch))
+    PHASE_RUNNERS[config.model](trial, features)
+    return trial.finish()
+
+
+OPTIMIZERS = {  # keys: beanlib.config.OPTIMIZERS
+    "adam": keras.optimizers.Adam,
+    "sgd": lambda lr: keras.optimizers.SGD(lr, momentum=0.9),  # plain SGD crawls on this problem (ours)
+    "rmsprop": keras.optimizers.RMSprop,
+}
+
+
+class _Trial:
+    """The state one trial accumulates across its phases."""
+
+    def __init__(self, config: TrialConfig, data: BeansData, built, recorder: "_EpochRecorder"):
+        self.config, self.data, self.built, self.recorder = config, data, built, recorder
+        self.images = {s: data.split(s).images for s in SPLITS}
+        self.evaluator, self.eval_inputs = built.model, self.images  # the model (or head) whose predictions are final
+        self.images_trained = 0
+        self.feature_seconds = 0.0
+        self.trainable_params = 0
+
+    def fit(self, model, phase: str, inputs: dict, epochs: int, learning_rate: float, initial_epoch: int = 0) -> None:
+        """Compile `model` (always: `trainable` may have changed) and fit it for one phase."""
+        model.compile(
+            optimizer=OPTIMIZERS[self.config.optimizer](learning_rate),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+        )
+        self.trainable_params = count_params(model.trainable_weights)
+        self.recorder.phase = phase
+        train = _batches(inputs["train"], self.data.train.labels, self.config.batch_size, shuffle_seed=self.config.seed)
+        val = _batches(inputs["validation"], self.data.validation.labels, self.config.batch_size)
+        model.fit(train, validation_data=val, epochs=epochs, initial_epoch=initial_epoch, callbacks=[self.recorder], verbose=0)
+        self.images_trained += len(self.data.train) * sum(1 for r in self.recorder.history if r["phase"] == phase)
+        self.evaluator, self.eval_inputs = model, inputs
+
+    @property
+    def go_on(self) -> bool:
+        return self.recorder.status == "ok"
+
+    def finish(self) -> TrialResult:
+        history = self.recorder.history
+        train_seconds = sum(r["seconds"] for r in history) + self.feature_seconds
+        result = TrialResult(
+            status=self.recorder.status,
+            history=history,
+            trainable_params=self.trainable_params,
+            total_params=self.built.model.count_params(),
+            train_seconds=train_seconds,
+            feature_seconds=self.feature_seconds,
+            images_per_second=self.images_trained / train_seconds if train_seconds else 0.0,
+            data_fingerprint=self.data.fingerprint,
+        )
+        if history:
+            last = history[-1]
+            best = max(history, key=lambda r: r["val_accuracy"])
+            result.train_loss, result.train_accuracy = last["loss"], last["accuracy"]
+            result.val_loss, result.val_accuracy = last["val_loss"], last["val_accuracy"]
+            result.best_val_accuracy, result.best_epoch = best["val_accuracy"], best["epoch"]
+        if self.recorder.status != "diverged":  # NaN weights predict nothing worth recording
+            self._evaluate(result)
+        return result
+
+    def _evaluate(self, result: TrialResult) -> None:
+        """Test loss (with regularization, as Keras reports val_loss), accuracy, per-class accuracy, confusion."""
+        logits = np.asarray(self.evaluator.predict(self.eval_inputs["test"], batch_size=64, verbose=0), np.float64)
+        labels = self.data.test.labels
+        log_norm = np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1)) + logits.max(1)
+        penalty = float(sum(float(loss) for loss in self.evaluator.losses))
+        result.test_loss = float(np.mean(log_norm - logits[np.arange(len(labels)), labels])) + penalty
+        predicted = logits.argmax(1)
+        confusion = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
+        np.add.at(confusion, (labels, predicted), 1)
+        result.test_accuracy = float(np.mean(predicted == labels))
+        result.per_class_accuracy = [float(confusion[c, c] / max(confusion[c].sum(), 1)) for c in range(NUM_CLASSES)]
+        result.confusion_matrix = confusion.tolist()
+
+
+def _run_lenet(trial: _Trial, features) -> None:
+    c = trial.config
+    trial.fit(trial.built.model, "train", trial.images, c.epochs, c.learning_rate)
+
+
+def _run_inception(trial: _Trial, features) -> None:
+    """Phase 1 (frozen base, head only), then phase 2 (fine-tune from `unfreeze_from`) when set."""
+    c, built = trial.config, trial.built
+    if c.feature_cache:
+        if features is None:
+            features = compute_features(built.features, c, trial.data)
+            trial.feature_seconds = features.seconds
+        elif features.key != features_key(c, trial.data):
+            raise ValueError("the features handed in were computed for other weights, image size or data")
+        trial.fit(built.head, "head", features.splits, c.epochs, c.learning_rate)
+    else:
+        trial.fit(built.model, "head", trial.images, c.epochs, c.learning_rate)
+    if "fine_tune" in c.phases and trial.go_on:
+        set_unfrozen(built, c.unfreeze_from)
+        end = c.epochs + c.fine_tune_epochs
+        trial.fit(built.model, "fine_tune", trial.images, end, c.fine_tune_learning_rate, initial_epoch=c.epochs)
+
+
+PHASE_RUNNERS = {"lenet": _run_lenet, "inception": _run_inception}
+
+
+def _batches(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle_seed: int | None = None):
+    """A tf.data pipeline over in-memory arrays; shuffled each epoch (seeded) when `shuffle_seed` is given."""
+    ds = tf.data.Dataset.from_tensor_slices((x, y))
+    if shuffle_seed is not None:
+        ds = ds.shuffle(len(y), seed=shuffle_seed, reshuffle_each_iteration=True)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+class _EpochRecorder(keras.callbacks.Callback):
+    """Records each epoch (phase, metrics, seconds), stops on a non-finite loss, and calls the caller's hook."""
+
+    def __init__(self, hook: EpochHook | None):
+        super().__init__()
+        self.hook, self.phase, self.history, self.status = hook, "train", [], "ok"
+        self._started = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._started = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if logs and not math.isfinite(float(logs.get("loss", 0.0))):
+            self.status, self.model.stop_training = "diverged", True
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        record = {
+            "phase": self.phase,
+            "epoch": epoch + 1,
+            **{k: float(logs.get(k, math.nan)) for k in ("loss", "accuracy", "val_loss", "val_accuracy")},
+            "seconds": time.perf_counter() - self._started,
+        }
+        self.history.append(record)
+        if not math.isfinite(record["loss"]):
+            self.status = "diverged"
+        if self.status == "ok" and self.hook is not None and self.hook(record):
+            self.status = "stopped"
+        self.model.stop_training = self.model.stop_training or self.status != "ok"
