@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ def read_npz(path: Path) -> dict[str, np.ndarray] | None:
     try:
         with np.load(path) as archive:
             return {name: archive[name] for name in archive.files}
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return None
 
 

@@ -138,7 +138,8 @@ class _Trial:
         self.recorder.phase = phase
         train = _batches(inputs["train"], self.data.train.labels, self.config.batch_size, shuffle_seed=self.config.seed)
         val = _batches(inputs["validation"], self.data.validation.labels, self.config.batch_size)
-        model.fit(train, validation_data=val, epochs=epochs, initial_epoch=initial_epoch, callbacks=[self.recorder], verbose=0)
+        model.fit(train, validation_data=val, epochs=epochs, initial_epoch=initial_epoch, callbacks=[self.recorder],
+                  shuffle=False, verbose=0)  # shuffled (seeded) in the pipeline
         self.images_trained += len(self.data.train) * sum(1 for r in self.recorder.history if r["phase"] == phase)
         self.evaluator, self.eval_inputs = model, inputs
 

@@ -1,0 +1,33 @@
+"""Shared test setup: a private cache per session, quiet TensorFlow, and the real beans folder when present."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Before anything imports TensorFlow: quiet logs, and a cache that tests share but users never see.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ["BEANLIB_CACHE"] = tempfile.mkdtemp(prefix="beanlib-test-cache-")
+
+
+@pytest.fixture(scope="session")
+def beans_dir() -> Path:
+    """The real beans folder named by $BEANS_DIR; the test is skipped when it is not there."""
+    value = os.environ.get("BEANS_DIR")
+    if not value:
+        pytest.skip("BEANS_DIR is not set: point it at a copy of the beans folder (split/class/*.jpg) to run this test")
+    path = Path(value)
+    if not (path / "train").is_dir():
+        pytest.skip(f"BEANS_DIR={value} holds no beans folder (split/class/*.jpg): real-data test skipped")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_synthetic():
+    """Synthetic beans at 32px, 6 images per class per split: enough to train LeNet for a step."""
+    from beanlib.data import load_beans
+
+    return load_beans("synthetic", 32, per_class=6)

@@ -1,0 +1,144 @@
+"""The three data sources, the decode-once cache, the fingerprint, and every bad-input error."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from beanlib import data as data_module
+from beanlib.config import CLASS_NAMES
+from beanlib.data import BEANS_COUNTS, SPLITS, load_beans
+from beanlib.errors import BeanlibError
+
+
+def _forget_memo():
+    data_module._MEMO.clear()
+
+
+def test_synthetic_mirrors_the_beans_splits_and_is_seeded():
+    full = load_beans("synthetic", 32)
+    for split in SPLITS:
+        assert full.counts()[split] == list(BEANS_COUNTS[split])
+        assert full.split(split).images.dtype == np.uint8 and full.split(split).images.shape[1:] == (32, 32, 3)
+    again = load_beans("synthetic", 32, cache_dir="/nonexistent-never-used")  # memo: same object, no rebuild
+    assert again is full
+    other_seed = load_beans("synthetic", 32, per_class=4, seed=1)
+    same_seed = load_beans("synthetic", 32, per_class=4, seed=0)
+    assert other_seed.fingerprint != same_seed.fingerprint
+    # per_class keeps the first n of each class: the same images as the full set's first ones
+    np.testing.assert_array_equal(same_seed.train.images[:4], full.train.images[:4])
+
+
+def test_synthetic_classes_differ_where_the_diseases_do():
+    d = load_beans("synthetic", 64, per_class=20)
+    images, labels = d.train.images.astype(float), d.train.labels
+    # rust pustules carry yellow halos: more yellow-ish pixels (red and green high, blue low) than healthy leaves
+    yellow = ((images[..., 0] > 150) & (images[..., 1] > 140) & (images[..., 2] < 110)).mean(axis=(1, 2))
+    assert yellow[labels == 1].mean() > 3 * yellow[labels == 2].mean()
+
+
+def test_prepared_data_is_cached_on_disk_and_never_decoded_twice(tmp_path, monkeypatch):
+    first = load_beans("synthetic", 40, per_class=3, cache_dir=tmp_path)
+    assert len(list((tmp_path / "data").glob("*.npz"))) == 1
+    _forget_memo()
+    monkeypatch.setattr(data_module.synthetic, "generate", lambda *a: pytest.fail("regenerated instead of cached"))
+    second = load_beans("synthetic", 40, per_class=3, cache_dir=tmp_path)
+    assert second.fingerprint == first.fingerprint
+    np.testing.assert_array_equal(second.test.images, first.test.images)
+
+
+def test_a_truncated_cache_file_is_rebuilt(tmp_path):
+    first = load_beans("synthetic", 36, per_class=2, cache_dir=tmp_path)
+    (cached,) = (tmp_path / "data").glob("*.npz")
+    cached.write_bytes(cached.read_bytes()[:100])
+    _forget_memo()
+    assert load_beans("synthetic", 36, per_class=2, cache_dir=tmp_path).fingerprint == first.fingerprint
+
+
+def test_real_beans_folder_is_read_in_place(beans_dir):
+    d = load_beans(str(beans_dir), 48, per_class=4)
+    assert d.counts() == {s: [4, 4, 4] for s in SPLITS}
+    assert d.train.images.shape == (12, 48, 48, 3) and d.train.images.dtype == np.uint8
+    assert d.train.images.std() > 20  # real photos, not blank
+    files = data_module._scan_folder(beans_dir)
+    assert {s: [len(c) for c in files[s]] for s in SPLITS} == {s: list(n) for s, n in BEANS_COUNTS.items()}
+
+
+def test_tfds_source_on_mock_data():
+    tfds = pytest.importorskip("tensorflow_datasets")
+    with tfds.testing.mock_data(num_examples=15):
+        d = load_beans("tfds", 32, per_class=2, tfds_data_dir="/tmp/beanlib-mock-tfds")
+    assert all(d.split(s).images.shape == (len(d.split(s)), 32, 32, 3) for s in SPLITS)
+    assert set(np.concatenate([d.split(s).labels for s in SPLITS])) <= {0, 1, 2}
+    assert max(max(c) for c in d.counts().values()) <= 2 and len(d.fingerprint) == 16
+
+
+def test_tfds_without_network_says_how_to_use_a_local_folder(monkeypatch):
+    import requests
+    import tensorflow_datasets as tfds
+
+    def offline(self, *args, **kwargs):
+        raise requests.exceptions.ConnectionError("Failed to resolve 'storage.googleapis.com'")
+
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", offline)
+    with pytest.raises(BeanlibError, match=r"could not download the TFDS 'beans' dataset .*--data") as caught:
+        load_beans("tfds", 32, tfds_data_dir="/tmp/beanlib-offline-tfds")
+    assert "\n" not in str(caught.value)
+
+
+# --- bad folders ---------------------------------------------------------------------------------
+
+
+def _write_jpeg(path: Path, seed: int = 0) -> None:
+    import tensorflow as tf
+
+    pixels = np.random.default_rng(seed).integers(0, 255, (20, 20, 3), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(tf.io.encode_jpeg(pixels).numpy())
+
+
+def _good_folder(root: Path) -> Path:
+    for split in SPLITS:
+        for i, name in enumerate(CLASS_NAMES):
+            _write_jpeg(root / split / name / f"{name}_{split}.0.jpg", i)
+    return root
+
+
+def test_a_small_good_folder_loads(tmp_path):
+    d = load_beans(str(_good_folder(tmp_path / "beans")), 16, cache_dir=tmp_path / "cache")
+    assert d.counts() == {s: [1, 1, 1] for s in SPLITS}
+    np.testing.assert_array_equal(d.train.labels, [0, 1, 2])
+
+
+@pytest.mark.parametrize(
+    "breakage, message",
+    [
+        (lambda root: root.rename(root.with_name("gone")), r"data folder .*beans does not exist"),
+        (lambda root: _rmtree(root / "validation"), r"has no 'validation' split folder"),
+        (lambda root: (root / "train" / "powdery_mildew").mkdir(), r"unexpected class folder .*powdery_mildew"),
+        (lambda root: _rmtree(root / "test" / "healthy"), r"missing class folder .*test/healthy"),
+        (lambda root: (root / "train" / "bean_rust" / "bean_rust_train.0.jpg").unlink(), r"train/bean_rust holds no images"),
+        (lambda root: (root / "test" / "healthy" / "notes.txt").write_text("not an image"), r"cannot decode .*notes.txt"),
+        (lambda root: (root / "train" / "healthy" / "cut.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated"), r"cannot decode .*cut.jpg"),
+    ],
+)
+def test_bad_folders_get_a_one_line_error_naming_the_problem(tmp_path, breakage, message):
+    root = _good_folder(tmp_path / "beans")
+    breakage(root)
+    with pytest.raises(BeanlibError, match=message) as caught:
+        load_beans(str(root), 16, cache_dir=tmp_path / "cache")
+    assert "\n" not in str(caught.value)
+    assert not list((tmp_path / "cache").glob("**/*.npz"))  # nothing half-prepared is left behind
+
+
+def _rmtree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path)
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(BeanlibError, match="per_class must be a positive integer"):
+        load_beans("synthetic", 32, per_class=0)
+    with pytest.raises(BeanlibError, match="image_size must be a positive integer"):
+        load_beans("synthetic", 0)

@@ -1,0 +1,94 @@
+"""Both model families against SEED_STUDY.md: shapes, every parameter count, trainable sets per unfreeze variant."""
+
+import keras
+import numpy as np
+import pytest
+
+from beanlib.config import INCEPTION_BLOCK_STARTS, TrialConfig
+from beanlib.models import build, count_params, set_unfrozen
+
+# SEED_STUDY.md's 3x3 table: parameters at 299x299 by kernel size and kernel counts.
+LENET_PARAMS = {
+    3: {(3, 8, 60): 15_127_891, (6, 16, 120): 30_264_651, (12, 32, 240): 60_565_387},
+    5: {(3, 8, 60): 13_480_099, (6, 16, 120): 26_985_195, (12, 32, 240): 54_070_987},
+    7: {(3, 8, 60): 12_313_411, (6, 16, 120): 24_676_011, (12, 32, 240): 49_549_387},
+}
+
+
+def lenet(**values):
+    return build(TrialConfig.from_dict({"model": "lenet", **values})).model
+
+
+def test_lenet_baseline_layers_match_the_original_table():
+    model = lenet()
+    assert model.count_params() == 26_985_195
+    shapes = {layer.name: (tuple(layer.output.shape[1:]), layer.count_params()) for layer in model.layers}
+    assert shapes["conv1"] == ((295, 295, 6), 456)
+    assert shapes["pool1"][0] == (147, 147, 6)
+    assert shapes["conv2"] == ((143, 143, 16), 2_416)
+    assert shapes["pool2"][0] == (71, 71, 16)
+    assert shapes["conv3"] == ((67, 67, 120), 48_120)
+    assert shapes["dense"] == ((50,), 26_934_050)
+    assert shapes["logits"] == ((3,), 153)
+
+
+@pytest.mark.parametrize("kernel_size", [3, 5, 7])
+def test_lenet_parameter_table_holds(kernel_size):
+    for counts, expected in LENET_PARAMS[kernel_size].items():
+        assert lenet(kernel_size=kernel_size, kernel_counts=counts).count_params() == expected
+
+
+def test_lenet_regularizers_add_penalties_or_dropout_but_no_parameters():
+    for name, kind in [("l1", "L1"), ("l2", "L2")]:
+        model = lenet(image_size=64, regularizer=name)
+        assert type(model.get_layer("conv1").kernel_regularizer).__name__ == kind
+        assert len(model.losses) == 3  # one penalty per conv kernel, none on the dense layers
+    dropout = lenet(image_size=64, regularizer="dropout")
+    assert [layer.rate for layer in dropout.layers if isinstance(layer, keras.layers.Dropout)] == [0.2, 0.2, 0.2]
+    assert dropout.count_params() == lenet(image_size=64).count_params()
+    x = np.full((2, 64, 64, 3), 128, np.uint8)
+    assert not np.allclose(dropout(x, training=True), dropout(x, training=False))
+
+
+@pytest.fixture(scope="module")
+def inception_299():
+    return build(TrialConfig.from_dict({"model": "inception", "weights": "none"}))
+
+
+def test_inception_total_and_head_only_trainable(inception_299):
+    assert inception_299.model.count_params() == 23_904_035
+    assert count_params(inception_299.model.trainable_weights) == 2_101_251
+    assert count_params(inception_299.head.trainable_weights) == 2_101_251
+
+
+def test_inception_trainable_counts_per_unfreeze_variant_in_any_order(inception_299):
+    expected = {249: 13_216_131, 229: 14_913_155, 133: 20_431_747, None: 2_101_251}
+    # Toggle back and forth on one built model: a stale trainable set would show here.
+    for unfreeze_from in [249, 133, 229, None, 133, 249]:
+        set_unfrozen(inception_299, unfreeze_from)
+        assert count_params(inception_299.model.trainable_weights) == expected[unfreeze_from], unfreeze_from
+    set_unfrozen(inception_299, None)
+
+
+def test_inception_block_table_matches_the_built_base(inception_299):
+    layers = inception_299.base.layers
+    after_block = [i + 1 for i, layer in enumerate(layers) if layer.name.startswith("mixed") and "_" not in layer.name]
+    assert tuple(after_block[:-1]) == INCEPTION_BLOCK_STARTS and after_block[-1] == len(layers)
+
+
+def test_inception_accepts_75px_and_outputs_logits():
+    built = build(TrialConfig.from_dict({"model": "inception", "weights": "none", "image_size": 75}))
+    x = np.random.default_rng(0).integers(0, 255, (2, 75, 75, 3)).astype(np.uint8)
+    assert built.model(x).shape == (2, 3)
+    assert built.features(x).shape == (2, 2048)
+    # the full model is exactly the head applied to the pooled features
+    np.testing.assert_allclose(built.model(x), built.head(built.features(x)), rtol=1e-5, atol=1e-5)
+
+
+def test_inception_weights_from_a_local_file(tmp_path):
+    source = build(TrialConfig.from_dict({"model": "inception", "weights": "none", "image_size": 75, "seed": 3}))
+    path = tmp_path / "base.weights.h5"
+    source.base.save_weights(path)
+    loaded = build(TrialConfig.from_dict({"model": "inception", "weights": str(path), "image_size": 75}))
+    for a, b in zip(source.base.weights[:5], loaded.base.weights[:5]):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())

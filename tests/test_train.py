@@ -1,0 +1,119 @@
+"""One trial end to end: history, metrics, determinism, the Inception phases, cached features, divergence, the hook."""
+
+import math
+
+import numpy as np
+import pytest
+
+from beanlib.data import load_beans
+from beanlib.features import _MEMO as FEATURE_MEMO
+from beanlib.train import run_trial
+
+HISTORY_KEYS = {"phase", "epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds"}
+
+
+def lenet_config(**values):
+    return {"model": "lenet", "image_size": 32, "epochs": 2, "batch_size": 8, **values}
+
+
+def inception_config(**values):
+    return {"model": "inception", "weights": "none", "image_size": 75, "epochs": 2, "batch_size": 8, **values}
+
+
+@pytest.fixture(scope="module")
+def small75():
+    return load_beans("synthetic", 75, per_class=4)
+
+
+def test_lenet_trial_returns_a_consistent_result(tiny_synthetic):
+    result = run_trial(lenet_config(), tiny_synthetic)
+    assert result.status == "ok"
+    assert [r["epoch"] for r in result.history] == [1, 2] and all(set(r) == HISTORY_KEYS for r in result.history)
+    assert all(r["phase"] == "train" and math.isfinite(r["loss"]) and r["seconds"] > 0 for r in result.history)
+    confusion = np.array(result.confusion_matrix)
+    assert confusion.shape == (3, 3) and confusion.sum() == len(tiny_synthetic.test)
+    assert result.test_accuracy == pytest.approx(np.trace(confusion) / confusion.sum())
+    assert result.per_class_accuracy == pytest.approx(list(np.diag(confusion) / confusion.sum(1)))
+    assert result.best_val_accuracy == max(r["val_accuracy"] for r in result.history)
+    assert result.train_accuracy == result.history[-1]["accuracy"]
+    assert result.trainable_params == result.total_params > 0
+    assert result.images_per_second == pytest.approx(2 * len(tiny_synthetic.train) / result.train_seconds)
+    assert result.data_fingerprint == tiny_synthetic.fingerprint
+
+
+def test_same_config_and_seed_give_the_same_history(tiny_synthetic):
+    def losses(seed):
+        result = run_trial(lenet_config(seed=seed, regularizer="dropout"), tiny_synthetic)
+        return [(r["loss"], r["val_loss"]) for r in result.history], result.confusion_matrix
+
+    first = losses(7)
+    assert losses(7) == first
+    assert losses(8) != first
+
+
+def test_regularized_test_loss_includes_the_penalty_like_keras_val_loss(tiny_synthetic):
+    # evaluate the test split as validation too: our test_loss must equal Keras's val_loss
+    data = type(tiny_synthetic)(tiny_synthetic.train, tiny_synthetic.test, tiny_synthetic.test, 32, "synthetic", "x")
+    result = run_trial(lenet_config(regularizer="l2", reg_strength=0.01, epochs=1), data)
+    assert result.test_loss == pytest.approx(result.history[-1]["val_loss"], rel=1e-4)
+
+
+def test_baseline_lenet_learns_the_synthetic_beans():
+    data = load_beans("synthetic", 64)
+    result = run_trial({"model": "lenet", "image_size": 64, "epochs": 5}, data)
+    assert result.test_accuracy >= 0.90, result.history
+
+
+def test_non_finite_loss_ends_the_trial_as_diverged(tiny_synthetic):
+    result = run_trial(lenet_config(epochs=5, optimizer="sgd", learning_rate=1e12), tiny_synthetic)
+    assert result.status == "diverged"
+    assert len(result.history) < 5 and not math.isfinite(result.history[-1]["loss"])
+    assert result.test_accuracy is None  # no metrics from NaN weights
+
+
+def test_epoch_hook_sees_every_epoch_and_can_stop(tiny_synthetic):
+    seen = []
+    result = run_trial(lenet_config(epochs=4), tiny_synthetic, on_epoch=lambda r: seen.append(r) or r["epoch"] == 2)
+    assert result.status == "stopped" and [r["epoch"] for r in seen] == [1, 2] and len(result.history) == 2
+
+
+def test_config_and_data_size_must_agree(tiny_synthetic):
+    with pytest.raises(ValueError, match="prepared at 32px but the config asks for 64px"):
+        run_trial(lenet_config(image_size=64), tiny_synthetic)
+
+
+def test_inception_runs_head_then_fine_tune_from_the_head_weights(small75):
+    result = run_trial(inception_config(unfreeze_from=249, fine_tune_epochs=1), small75)
+    assert result.status == "ok"
+    assert [(r["phase"], r["epoch"]) for r in result.history] == [("head", 1), ("head", 2), ("fine_tune", 3)]
+    assert result.trainable_params == 13_216_131 and result.total_params == 23_904_035
+    assert result.feature_seconds > 0 and result.train_seconds >= result.feature_seconds
+    assert np.array(result.confusion_matrix).sum() == len(small75.test)
+
+
+def test_cached_features_phase1_matches_whole_model_phase1(small75):
+    """Same head, same seed, same batches: training the head on cached features reproduces the whole-model fit."""
+    cached = run_trial(inception_config(seed=3, epochs=3), small75)
+    whole = run_trial(inception_config(seed=3, epochs=3, feature_cache=False), small75)
+    for a, b in zip(cached.history, whole.history):
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            assert a[key] == pytest.approx(b[key], rel=1e-3, abs=1e-4), key
+    assert cached.test_loss == pytest.approx(whole.test_loss, rel=1e-3)
+    assert cached.confusion_matrix == whole.confusion_matrix
+    assert cached.trainable_params == whole.trainable_params == 2_101_251
+
+
+def test_features_are_computed_once_per_weights_size_and_data(small75):
+    FEATURE_MEMO.clear()
+    first = run_trial(inception_config(seed=5, epochs=1), small75)
+    again = run_trial(inception_config(seed=5, epochs=1, learning_rate=1e-2), small75)
+    assert first.feature_seconds > 0 and again.feature_seconds == 0  # reused, not recomputed
+    assert len(FEATURE_MEMO) == 1
+
+
+def test_features_handed_in_must_match_the_trial(small75):
+    from beanlib.features import Features
+
+    stale = Features("not-this-key", {}, 0.0)
+    with pytest.raises(ValueError, match="features handed in were computed for other"):
+        run_trial(inception_config(), small75, features=stale)
