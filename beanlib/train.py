@@ -109,6 +109,15 @@ def run_trial(
     return trial.finish()
 
 
+def prepare_features(config: TrialConfig | Mapping[str, Any], data: BeansData, *, cpus: int | None = None):
+    """The cached base features an Inception trial of `config` would use (for sharing across trials)."""
+    if not isinstance(config, TrialConfig):
+        config = TrialConfig.from_dict(config)
+    configure_tensorflow(cpus)
+    keras.utils.set_random_seed(config.seed)  # random-init weights must match the trial's own build
+    return compute_features(build(config).features, config, data)
+
+
 OPTIMIZERS = {  # keys: beanlib.config.OPTIMIZERS
     "adam": keras.optimizers.Adam,
     "sgd": lambda lr: keras.optimizers.SGD(lr, momentum=0.9),  # plain SGD crawls on this problem (ours)

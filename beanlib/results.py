@@ -1,0 +1,254 @@
+"""The results contract: one Parquet file per trial under RESULTS/RUN/{trials,epochs}/, written atomically.
+
+    RESULTS/RUN/run.json            what the run is (study, data, options): a re-run must match it
+    RESULTS/RUN/trials/ID.parquet   one row per trial (TRIAL_SCHEMA)
+    RESULTS/RUN/epochs/ID.parquet   one row per trial, phase and epoch (EPOCH_SCHEMA)
+
+Each file is written to a hidden temporary name and renamed into place, so a
+killed process never leaves half a file, and readers (pandas, DuckDB, pyarrow
+datasets all skip names starting with "." or "_") only ever see whole trials.
+A trial's epochs file is written before its trials row: the row is the mark of
+a finished trial. Re-writing a trial replaces its file: never two rows.
+RESULTS may be a local path or any URI pyarrow's filesystems take (s3://, gs://).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from typing import Any, Iterable
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from beanlib.errors import BeanlibError
+
+FINISHED = ("ok", "diverged")  # statuses a re-run keeps; "error", "oom" and "stopped" trials run again
+
+_CONFIG_COLUMNS = [
+    ("model", pa.string()),
+    ("image_size", pa.int64()),
+    ("epochs", pa.int64()),
+    ("batch_size", pa.int64()),
+    ("optimizer", pa.string()),
+    ("learning_rate", pa.float64()),
+    ("seed", pa.int64()),
+    ("kernel_size", pa.int64()),
+    ("kernel_counts", pa.string()),  # "6-16-120": groupable, and TrialConfig.from_dict reads it back
+    ("regularizer", pa.string()),
+    ("reg_strength", pa.float64()),
+    ("weights", pa.string()),
+    ("unfreeze_from", pa.int64()),
+    ("fine_tune_epochs", pa.int64()),
+    ("fine_tune_learning_rate", pa.float64()),
+    ("feature_cache", pa.bool_()),
+]
+CONFIG_COLUMNS = [name for name, _ in _CONFIG_COLUMNS]
+
+TRIAL_SCHEMA = pa.schema(
+    [
+        ("run", pa.string()),
+        ("trial_id", pa.string()),
+        ("study", pa.string()),
+        ("factor", pa.string()),  # comma-separated when a setting (the baseline) counts for several factors
+        ("setting", pa.string()),
+        ("repeat", pa.int64()),
+        *_CONFIG_COLUMNS,
+        ("data", pa.string()),
+        ("per_class", pa.int64()),
+        ("status", pa.string()),  # ok, diverged, error, oom
+        ("error", pa.string()),
+        ("attempts", pa.int64()),
+        ("train_loss", pa.float64()),
+        ("train_accuracy", pa.float64()),
+        ("val_loss", pa.float64()),
+        ("val_accuracy", pa.float64()),
+        ("test_loss", pa.float64()),
+        ("test_accuracy", pa.float64()),
+        ("best_val_accuracy", pa.float64()),
+        ("best_epoch", pa.int64()),
+        ("per_class_accuracy", pa.list_(pa.float64())),  # in the label order angular_leaf_spot, bean_rust, healthy
+        ("confusion_matrix", pa.list_(pa.list_(pa.int64()))),  # rows: true class, columns: predicted
+        ("trainable_params", pa.int64()),
+        ("total_params", pa.int64()),
+        ("epochs_run", pa.int64()),
+        ("train_seconds", pa.float64()),
+        ("feature_seconds", pa.float64()),
+        ("images_per_second", pa.float64()),
+        ("node", pa.string()),
+        ("device", pa.string()),
+        ("start_time", pa.timestamp("us", tz="UTC")),
+        ("end_time", pa.timestamp("us", tz="UTC")),
+        ("data_fingerprint", pa.string()),
+        ("beanlib_commit", pa.string()),
+        ("tensorflow_version", pa.string()),
+        ("keras_version", pa.string()),
+        ("ray_version", pa.string()),
+        ("python_version", pa.string()),
+    ]
+)
+
+EPOCH_SCHEMA = pa.schema(
+    [
+        ("run", pa.string()),
+        ("trial_id", pa.string()),
+        ("phase", pa.string()),  # train (LeNet); head, fine_tune (Inception-v3)
+        ("epoch", pa.int64()),  # counted across phases, from 1
+        ("loss", pa.float64()),
+        ("accuracy", pa.float64()),
+        ("val_loss", pa.float64()),
+        ("val_accuracy", pa.float64()),
+        ("seconds", pa.float64()),
+    ]
+)
+
+
+class RunStore:
+    """One run's results folder (local path or URI): its manifest, trial rows and epoch rows."""
+
+    def __init__(self, results: str, run: str):
+        if not run or "/" in run or run.startswith((".", "_")):
+            raise BeanlibError(f"run name {run!r} must be a plain folder name (no '/', not starting with '.' or '_')")
+        self.uri = _absolute(results).rstrip("/") + "/" + run
+        try:
+            self.fs, self.path = pafs.FileSystem.from_uri(self.uri)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as error:
+            raise BeanlibError(f"cannot use results location {results!r} ({error}): give a local path or an s3:// / gs:// URI") from None
+        self.run = run
+
+    def check_manifest(self, manifest: dict[str, Any]) -> None:
+        """Record what this run is; refuse to mix a different study, data or options into an existing run."""
+        path = f"{self.path}/run.json"
+        if self.fs.get_file_info(path).type == pafs.FileType.File:
+            with self.fs.open_input_stream(path) as f:
+                existing = json.loads(f.read())
+            changed = sorted(k for k in set(existing) | set(manifest) if existing.get(k) != manifest.get(k))
+            if changed:
+                raise BeanlibError(
+                    f"{self.uri} already holds a run with different {', '.join(changed)}: "
+                    "re-run it with the same options to resume, or pass a new --name"
+                )
+            return
+        self._write_bytes(path, json.dumps(manifest, indent=1, sort_keys=True).encode())
+
+    def finished(self) -> dict[str, str]:
+        """trial_id -> status of every trial with a row."""
+        table = self.read_table("trials", columns=["trial_id", "status"])
+        return dict(zip(table.column("trial_id").to_pylist(), table.column("status").to_pylist()))
+
+    def write_trial(self, row: dict[str, Any], epochs: Iterable[dict[str, Any]]) -> None:
+        """Write one trial's epochs, then its row (the mark of a finished trial), each atomically."""
+        trial_id = row["trial_id"]
+        epoch_rows = [{"run": self.run, "trial_id": trial_id, **e} for e in epochs]
+        self._write_table("epochs", trial_id, pa.Table.from_pylist(epoch_rows, schema=EPOCH_SCHEMA))
+        self._write_table("trials", trial_id, pa.Table.from_pylist([{**row, "run": self.run}], schema=TRIAL_SCHEMA))
+
+    def read_table(self, kind: str, columns: list[str] | None = None) -> pa.Table:
+        """All rows of `kind` ("trials" or "epochs"); empty with the right schema when there are none."""
+        schema = {"trials": TRIAL_SCHEMA, "epochs": EPOCH_SCHEMA}[kind]
+        folder = f"{self.path}/{kind}"
+        if self.fs.get_file_info(folder).type != pafs.FileType.Directory:
+            return schema.empty_table().select(columns or schema.names)
+        return pq.read_table(folder, filesystem=self.fs, schema=schema, columns=columns)
+
+    def _write_table(self, kind: str, trial_id: str, table: pa.Table) -> None:
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        self._write_bytes(f"{self.path}/{kind}/{trial_id}.parquet", sink.getvalue().to_pybytes())
+
+    def _write_bytes(self, path: str, payload: bytes) -> None:
+        """Atomic write: on a local or mounted filesystem a hidden temporary file renamed into place; on an
+        object store a single PUT, which is atomic already (and where a rename would be a copy)."""
+        folder = path.rsplit("/", 1)[0]
+        self.fs.create_dir(folder, recursive=True)
+        if not isinstance(self.fs, pafs.LocalFileSystem):
+            with self.fs.open_output_stream(path) as out:
+                out.write(payload)
+            return
+        tmp = f"{folder}/.{path.rsplit('/', 1)[1]}.{uuid.uuid4().hex}.tmp"
+        with self.fs.open_output_stream(tmp) as out:
+            out.write(payload)
+        self.fs.move(tmp, path)
+
+
+def _absolute(results: str) -> str:
+    """A URI stays as it is; a local path becomes absolute (Ray and pyarrow want absolute paths)."""
+    return results if "://" in results else os.path.abspath(os.path.expanduser(results))
+
+
+def trial_row(
+    spec,
+    result=None,
+    *,
+    status: str,
+    error: str | None = None,
+    attempts: int = 1,
+    data: str = "",
+    node: str = "",
+    device: str = "",
+    start_time=None,
+    end_time=None,
+    provenance: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """One trials row: the spec's place in the study, its full config, the result's metrics, and provenance.
+
+    `spec` is a beanlib.studies.TrialSpec, `result` a beanlib.train.TrialResult (None when the trial failed).
+    """
+    config = spec.config.to_dict()
+    if config["kernel_counts"] is not None:
+        config["kernel_counts"] = "-".join(map(str, config["kernel_counts"]))
+    metrics = {}
+    if result is not None:
+        metrics = {k: v for k, v in result.to_dict().items() if k in TRIAL_SCHEMA.names}
+        metrics["epochs_run"] = len(result.history)
+    return {
+        "trial_id": spec.trial_id,
+        "study": spec.study,
+        "factor": spec.factor,
+        "setting": spec.setting,
+        "repeat": spec.repeat,
+        **config,
+        "data": data,
+        "per_class": spec.per_class,
+        **metrics,
+        "status": status,
+        "error": error,
+        "attempts": attempts,
+        "node": node,
+        "device": device,
+        "start_time": start_time,
+        "end_time": end_time,
+        **(provenance or {}),
+    }
+
+
+def provenance() -> dict[str, str]:
+    """Versions and the beanlib commit that produced a result (read without importing TensorFlow or Ray)."""
+    import platform
+    import subprocess
+    from importlib import metadata
+
+    def version(package: str) -> str:
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    commit = os.environ.get("BEANLIB_COMMIT", "")
+    if not commit:
+        here = os.path.dirname(os.path.abspath(__file__))
+        try:
+            commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True, timeout=10).stdout.strip()
+            commit += "+dirty" if dirty else ""
+        except (OSError, subprocess.SubprocessError):
+            commit = "unknown"  # not a git checkout (an installed wheel, a Ray working_dir copy)
+    return {
+        "beanlib_commit": commit,
+        "tensorflow_version": version("tensorflow"),
+        "keras_version": version("keras"),
+        "ray_version": version("ray"),
+        "python_version": platform.python_version(),
+    }

@@ -1,0 +1,171 @@
+"""The studies, each declared once as data, and their expansion into a plan of trials.
+
+A study is a base config plus factors; each factor is a list of named
+settings (config overrides). A setting reached by several factors (the
+one-factor-at-a-time baseline) becomes one trial that counts for each.
+`plan()` turns a study into TrialSpecs with stable ids: the same study and
+options always give the same ids, which is what makes a sweep resumable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from beanlib.config import FAMILY_FIELDS, TrialConfig
+from beanlib.errors import BeanlibError
+
+
+@dataclass(frozen=True)
+class Factor:
+    """One factor of a study: its name and its settings as (label, config overrides)."""
+
+    name: str
+    settings: tuple[tuple[str, dict[str, Any]], ...]
+
+
+@dataclass(frozen=True)
+class Study:
+    """A study: what it is for, the config every trial starts from, its factors, and its data subsample."""
+
+    name: str
+    description: str
+    base: dict[str, Any]
+    factors: tuple[Factor, ...]
+    per_class: int | None = None  # images per class per split; None: all
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """One planned trial: a stable id, where it sits in the study, and its full config."""
+
+    trial_id: str
+    study: str
+    factors: tuple[str, ...]
+    setting: str
+    repeat: int
+    config: TrialConfig
+    per_class: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict (for Ray Tune's param space)."""
+        return {"trial_id": self.trial_id, "study": self.study, "factors": list(self.factors), "setting": self.setting,
+                "repeat": self.repeat, "config": self.config.to_dict(), "per_class": self.per_class}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrialSpec":
+        """The inverse of `to_dict`."""
+        return cls(**{**values, "factors": tuple(values["factors"]), "config": TrialConfig.from_dict(values["config"])})
+
+    @property
+    def factor(self) -> str:
+        """The factors this trial counts for, comma-separated (the baseline counts for several)."""
+        return ",".join(self.factors)
+
+
+LENET_KERNEL_SIZES = (3, 5, 7)
+LENET_KERNEL_COUNTS = ((3, 8, 60), (6, 16, 120), (12, 32, 240))
+LENET_REGULARIZERS = ("none", "l1", "l2", "dropout")
+INCEPTION_VARIANTS = (("head-only", None), ("top-2-blocks", 249), ("top-3-blocks", 229), ("top-6-blocks", 133))
+
+
+def _counts_label(counts: tuple[int, int, int]) -> str:
+    return "-".join(map(str, counts))
+
+
+ONE_FACTOR_AT_A_TIME = (
+    Factor("kernel_size", tuple((f"kernel_size={k}", {"kernel_size": k}) for k in LENET_KERNEL_SIZES)),
+    Factor("kernel_counts", tuple((f"kernel_counts={_counts_label(c)}", {"kernel_counts": c}) for c in LENET_KERNEL_COUNTS)),
+    Factor("regularizer", tuple((f"regularizer={r}", {"regularizer": r}) for r in LENET_REGULARIZERS)),
+)
+INCEPTION = Factor(
+    "inception",
+    tuple((label, {"model": "inception", "unfreeze_from": u}) for label, u in INCEPTION_VARIANTS),
+)
+LENET_GRID = Factor(
+    "lenet_grid",
+    tuple(
+        (f"k{k}/{_counts_label(c)}/{r}", {"kernel_size": k, "kernel_counts": c, "regularizer": r})
+        for k, c, r in itertools.product(LENET_KERNEL_SIZES, LENET_KERNEL_COUNTS, LENET_REGULARIZERS)
+    ),
+)
+
+STUDIES: dict[str, Study] = {
+    s.name: s
+    for s in (
+        Study(
+            "seed",
+            "The original's one-factor-at-a-time design at 299x299, 20 epochs: LeNet factors and Inception-v3 variants.",
+            {"model": "lenet", "image_size": 299, "epochs": 20},
+            (*ONE_FACTOR_AT_A_TIME, INCEPTION),
+        ),
+        Study(
+            "lenet-full",
+            "Full LeNet factorial: 3 kernel sizes x 3 kernel counts x 4 regularizers = 36 trials.",
+            {"model": "lenet", "image_size": 299, "epochs": 20},
+            (LENET_GRID,),
+        ),
+        Study(
+            "inception",
+            "The four Inception-v3 variants: head only, then the top 2 / 3 / 6 blocks fine-tuned.",
+            {"model": "lenet", "image_size": 299, "epochs": 20},
+            (INCEPTION,),
+        ),
+        Study(
+            "smoke",
+            "A small `seed` for tests and first contact: 75px, 1 epoch (+1 fine-tune), 4 images per class, random-init Inception.",
+            {"model": "lenet", "image_size": 75, "epochs": 1, "batch_size": 8, "fine_tune_epochs": 1, "weights": "none"},
+            (*ONE_FACTOR_AT_A_TIME, INCEPTION),
+            per_class=4,
+        ),
+    )
+}
+
+
+def plan(
+    study: Study | str,
+    *,
+    repeats: int = 1,
+    overrides: dict[str, Any] | None = None,
+) -> list[TrialSpec]:
+    """Expand a study into its trials: distinct settings x repeats, validated, with stable ids.
+
+    `overrides` (image_size, epochs, weights, ...) apply to every trial where
+    the field belongs to its model family. Repeat r uses seed `base seed + r`.
+    """
+    if isinstance(study, str):
+        if study not in STUDIES:
+            raise BeanlibError(f"unknown study {study!r}: use one of {', '.join(STUDIES)}")
+        study = STUDIES[study]
+    if not isinstance(repeats, int) or repeats < 1:
+        raise BeanlibError(f"--repeats must be a positive integer, got {repeats!r}")
+    settings: dict[str, tuple[list[str], str, TrialConfig]] = {}  # canonical config -> (factors, label, config)
+    for factor in study.factors:
+        for label, changes in factor.settings:
+            values = _applicable({**study.base, **changes, **(overrides or {})})
+            config = TrialConfig.from_dict(values)
+            key = json.dumps({k: v for k, v in config.to_dict().items() if k != "seed"}, sort_keys=True)
+            if key in settings:
+                settings[key][0].append(factor.name)
+            else:
+                settings[key] = ([factor.name], label, config)
+    specs = []
+    for key, (factors, label, config) in settings.items():
+        if len(factors) > 1:
+            label = "baseline"
+        for repeat in range(repeats):
+            seeded = TrialConfig.from_dict({**config.to_dict(), "seed": config.seed + repeat})
+            digest = hashlib.sha256(json.dumps([key, seeded.seed, study.per_class]).encode()).hexdigest()
+            specs.append(TrialSpec(f"{config.model}-{digest[:10]}", study.name, tuple(factors), label, repeat, seeded, study.per_class))
+    return specs
+
+
+def _applicable(values: dict[str, Any]) -> dict[str, Any]:
+    """Drop fields of the other model family (a study-wide `weights` on a LeNet trial); keep unknown ones to be refused."""
+    mine = set(FAMILY_FIELDS.get(values.get("model"), ()))
+    others = {f for fields in FAMILY_FIELDS.values() for f in fields} - mine
+    return {k: v for k, v in values.items() if k not in others}
+

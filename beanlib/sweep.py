@@ -1,0 +1,268 @@
+"""A study fanned out on Ray Tune, every finished trial written to Parquet, resumable. All Ray imports live here.
+
+The Parquet results are the source of truth: a sweep plans its trials (stable
+ids), skips those that already have a finished row, and runs the rest as one
+Ray Tune experiment. Each trial reports per epoch to Tune and hands its final
+row back to the driver, which writes it atomically (beanlib.results). So the
+same command, run again after Ctrl-C, a killed driver or a lost node, runs only
+what is unfinished, and no trial ever has two rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from beanlib.errors import BeanlibError
+from beanlib.results import FINISHED, RunStore, provenance, trial_row
+from beanlib.studies import STUDIES, TrialSpec, plan
+
+# Default share of a GPU per trial when the cluster has GPUs (ours): LeNet is small enough for two
+# per GPU; Inception-v3 fine-tuning wants a whole one.
+DEFAULT_GPUS = {"lenet": 0.5, "inception": 1.0}
+
+
+@dataclass
+class SweepOptions:
+    """Everything `jobs.sweep` takes (see its --help)."""
+
+    study: str
+    data: str = "tfds"
+    results: str = "results"
+    name: str | None = None
+    image_size: int | None = None
+    epochs: int | None = None
+    fine_tune_epochs: int | None = None
+    repeats: int = 1
+    weights: str | None = None
+    per_class: int | None = None
+    address: str | None = None
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float | None = None
+    max_concurrent: int | None = None
+    retries: int = 1
+    dry_run: bool = False
+    inject_fault: tuple[str, ...] = ()  # settings whose trials raise (tests of failure handling)
+
+    def overrides(self) -> dict[str, Any]:
+        values = {"image_size": self.image_size, "epochs": self.epochs, "fine_tune_epochs": self.fine_tune_epochs, "weights": self.weights}
+        return {k: v for k, v in values.items() if v is not None}
+
+
+@dataclass
+class SweepSummary:
+    """How a sweep ended: planned trials, and the status of each trial that has a row."""
+
+    planned: int
+    ran: int
+    statuses: dict[str, str] = field(default_factory=dict)
+    wall_seconds: float = 0.0
+
+    @property
+    def failed(self) -> int:
+        return sum(1 for s in self.statuses.values() if s not in FINISHED)
+
+
+def run_sweep(opts: SweepOptions, out: Callable[[str], None] = print) -> SweepSummary:
+    """Plan the study, skip finished trials, run the rest on Ray Tune; returns a summary."""
+    if opts.study not in STUDIES:
+        raise BeanlibError(f"unknown study {opts.study!r}: use one of {', '.join(STUDIES)}")
+    study = STUDIES[opts.study]
+    per_class = opts.per_class or study.per_class
+    specs = [dataclasses.replace(s, per_class=per_class) for s in plan(study, repeats=opts.repeats, overrides=opts.overrides())]
+    store = RunStore(opts.results, opts.name or opts.study)
+    done = store.finished()
+    todo = [s for s in specs if done.get(s.trial_id) not in FINISHED]
+    if opts.dry_run:
+        _print_plan(specs, done, out)
+        return SweepSummary(len(specs), 0, done)
+    store.check_manifest({"study": opts.study, "data": opts.data, "repeats": opts.repeats,
+                          "per_class": per_class, "overrides": opts.overrides()})
+    out(f"{opts.study}: {len(specs)} trials planned, {len(specs) - len(todo)} finished in {store.uri}, {len(todo)} to run")
+    started = time.perf_counter()
+    if todo:
+        _tune(opts, store, todo, out)
+    statuses = store.finished()
+    summary = SweepSummary(len(specs), len(todo), {s.trial_id: statuses.get(s.trial_id, "missing") for s in specs},
+                           time.perf_counter() - started)
+    counts = {status: list(summary.statuses.values()).count(status) for status in sorted(set(summary.statuses.values()))}
+    out(f"{opts.study}: done in {summary.wall_seconds:.0f}s; trials by status: {counts}; results in {store.uri}")
+    return summary
+
+
+def _tune(opts: SweepOptions, store: RunStore, todo: list[TrialSpec], out: Callable[[str], None]) -> None:
+    import ray
+    from ray import tune
+
+    from beanlib.data import load_beans
+
+    sizes = sorted({s.config.image_size for s in todo})
+    data = {size: load_beans(opts.data, size, todo[0].per_class) for size in sizes}  # decoded once, in the driver
+    if not ray.is_initialized():
+        # No address: RAY_ADDRESS (set by `ray job submit`) or else a new local Ray in this process.
+        # Workers inherit a quiet TensorFlow C++ log (level 3: fatal only) unless the user set one.
+        quiet = {"TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3")}
+        ray.init(address=opts.address, runtime_env={"env_vars": quiet}, configure_logging=False)
+    has_gpus = ray.cluster_resources().get("GPU", 0) > 0
+    resources = _resources(opts, has_gpus)
+    features = _shared_features(todo, data, resources, out)
+    specs = {s.trial_id: s.to_dict() for s in todo}
+    context = {"run": store.run, "data": opts.data, "provenance": provenance(), "retries": opts.retries,
+               "inject_fault": list(opts.inject_fault), "specs": specs}
+    # with_parameters puts data and features into Ray's object store once; every trial reads them from there.
+    trainable = tune.with_parameters(
+        tune.with_resources(_trainable, lambda config: resources[specs[config["trial_id"]]["config"]["model"]]),
+        data=data, features=features, context=context,
+    )
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"trial_id": tune.grid_search(list(specs))},  # specs travel in `context`: a compact trial table
+        tune_config=tune.TuneConfig(max_concurrent_trials=opts.max_concurrent),
+        run_config=tune.RunConfig(
+            name=f"tune-{stamp}",
+            storage_path=f"{store.uri}/tune",  # Tune's own experiment state lives beside the Parquet
+            failure_config=tune.FailureConfig(max_failures=opts.retries),  # crashed workers, lost nodes
+            callbacks=[_WriteResults(store, specs, opts.data, context["provenance"], out)],
+            verbose=1,
+        ),
+    )
+    tuner.fit()
+
+
+def _resources(opts: SweepOptions, has_gpus: bool) -> dict[str, dict[str, float]]:
+    """Per-family trial resources: the given GPU share, else the default one on GPU clusters, else CPUs only."""
+    def share(model: str) -> float:
+        if opts.gpus_per_trial is not None:
+            return opts.gpus_per_trial
+        return DEFAULT_GPUS[model] if has_gpus else 0.0
+
+    return {model: {"cpu": opts.cpus_per_trial, "gpu": share(model)} for model in DEFAULT_GPUS}
+
+
+def _shared_features(todo: list[TrialSpec], data: dict, resources: dict, out: Callable[[str], None]) -> dict:
+    """Inception base features, computed once per (weights, size, data) in a Ray task, for every trial to share."""
+    import ray
+
+    from beanlib.features import features_key
+
+    wanted = {}
+    for spec in todo:
+        c = spec.config
+        if c.model == "inception" and c.feature_cache:
+            wanted.setdefault(features_key(c, data[c.image_size]), spec)
+    if not wanted:
+        return {}
+    compute = ray.remote(_compute_features).options(num_cpus=resources["inception"]["cpu"], num_gpus=resources["inception"]["gpu"])
+    refs = {key: compute.remote(spec.config.to_dict(), data[spec.config.image_size], resources["inception"]["cpu"]) for key, spec in wanted.items()}
+    started = time.perf_counter()
+    features = {key: ray.get(ref) for key, ref in refs.items()}
+    out(f"inception base features: {len(features)} set(s) computed once in {time.perf_counter() - started:.0f}s, shared by the trials")
+    return features
+
+
+def _compute_features(config: dict, data, cpus: float):
+    from beanlib.train import prepare_features
+
+    return prepare_features(config, data, cpus=max(1, int(cpus)))
+
+
+def _trainable(config: dict, data: dict, features: dict, context: dict) -> None:
+    """One Ray Tune trial: run it (with retries), report each epoch, and hand the final row to the driver."""
+    import ray
+    from ray import tune
+
+    from beanlib.features import features_key
+    from beanlib.train import run_trial
+
+    spec = TrialSpec.from_dict(context["specs"][config["trial_id"]])
+    cpus = max(1, int(tune.get_context().get_trial_resources().required_resources.get("CPU", 1)))
+    gpu_ids = ray.get_gpu_ids()
+    device = f"GPU {','.join(map(str, gpu_ids))}" if gpu_ids else f"CPU x{cpus}"
+    node = f"{ray.util.get_node_ip_address()}/{ray.get_runtime_context().get_node_id()[:12]}"
+    start = datetime.now(timezone.utc)
+    trial_data = data[spec.config.image_size]
+    shared = features.get(features_key(spec.config, trial_data)) if spec.config.model == "inception" else None
+    result, status, error, attempts = None, "error", None, 0
+    for attempts in range(1, context["retries"] + 2):
+        try:
+            if spec.setting in context["inject_fault"]:
+                raise RuntimeError(f"injected fault in setting {spec.setting}")
+            result = run_trial(spec.config, trial_data, features=shared, cpus=cpus,
+                               on_epoch=lambda record: tune.report({**record, "finished": 0}))
+            status, error = result.status, None
+            if status in FINISHED:
+                break
+        except Exception as exc:  # recorded as the trial's row; the sweep goes on
+            status, error, result = _failure_status(exc), f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:500]}", None
+    row = trial_row(spec, result, status=status, error=error, attempts=attempts, data=context["data"], node=node,
+                    device=device, start_time=start, end_time=datetime.now(timezone.utc), provenance=context["provenance"])
+    tune.report({"finished": 1, "status": status, "test_accuracy": row.get("test_accuracy"),
+                 "beanlib_row": json.dumps(row, default=str), "beanlib_epochs": json.dumps(result.history if result else [])})
+
+
+def _failure_status(error: BaseException) -> str:
+    """'oom' for out-of-memory errors (TensorFlow's, Python's, Ray's), else 'error'."""
+    names = {cls.__name__ for cls in type(error).__mro__}
+    return "oom" if names & {"ResourceExhaustedError", "MemoryError", "OutOfMemoryError"} else "error"
+
+
+def _callback_base():
+    from ray import tune
+
+    return tune.Callback
+
+
+class _WriteResults(_callback_base()):
+    """Driver side: writes each trial's Parquet the moment it finishes, and prints one line for it."""
+
+    def __init__(self, store: RunStore, specs: dict[str, dict], data: str, prov: dict, out: Callable[[str], None]):
+        self.store, self.specs, self.data, self.prov, self.out = store, specs, data, prov, out
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if not result.get("finished"):
+            return
+        row = json.loads(result["beanlib_row"])
+        for key in ("start_time", "end_time"):
+            row[key] = datetime.fromisoformat(row[key])
+        self.store.write_trial(row, json.loads(result["beanlib_epochs"]))
+        self._line(row)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        """A trial whose worker died (Ray's OOM killer, a lost node) after all retries: record it as a row."""
+        spec = TrialSpec.from_dict(self.specs[trial.config["trial_id"]])
+        error = getattr(trial, "error_msg", None) or "the trial's worker died"
+        row = trial_row(spec, None, status=_failure_status_from_text(error), error=error.splitlines()[-1][:500],
+                        attempts=trial.num_failures, data=self.data, provenance=self.prov,
+                        end_time=datetime.now(timezone.utc))
+        self.store.write_trial(row, [])
+        self._line(row)
+
+    def _line(self, row: dict) -> None:
+        accuracy = row.get("test_accuracy")
+        shown = f"{accuracy:.4f}" if isinstance(accuracy, float) else "-"
+        self.out(f"trial {row['trial_id']} [{row['factor']}] {row['setting']} repeat {row['repeat']}: "
+                 f"{row['status']} test_acc {shown} in {row.get('train_seconds') or 0:.1f}s on {row['device'] or '?'}"
+                 + (f" ({row['error']})" if row.get("error") else ""))
+
+
+def _failure_status_from_text(message: str) -> str:
+    return "oom" if "OutOfMemoryError" in message or "ResourceExhausted" in message else "error"
+
+
+def _print_plan(specs: list[TrialSpec], done: dict[str, str], out: Callable[[str], None]) -> None:
+    """The dry-run table: one line per trial with its factor, setting, config and parameter counts."""
+    from beanlib.models import parameter_counts
+
+    out(f"{'trial_id':18s} {'factor':36s} {'setting':26s} {'rep':>3s} {'trainable':>11s} {'total':>11s}  status  config")
+    for spec in specs:
+        trainable, total = parameter_counts(spec.config)
+        shown = {k: v for k, v in spec.config.to_dict().items() if v is not None}
+        out(f"{spec.trial_id:18s} {spec.factor:36s} {spec.setting:26s} {spec.repeat:3d} {trainable:11,d} {total:11,d}  "
+            f"{done.get(spec.trial_id, 'todo'):6s}  {json.dumps(shown)}")
+    out(f"{len(specs)} trials, {sum(1 for s in specs if done.get(s.trial_id) in FINISHED)} finished")

@@ -1,0 +1,57 @@
+"""Run a study on Ray Tune: every trial's config, history and metrics land in Parquet; re-running resumes.
+
+    python -m jobs.sweep --study NAME [--data tfds|PATH|synthetic] [--image-size N]
+        [--epochs N] [--fine-tune-epochs N] [--repeats N] [--weights imagenet|none|PATH]
+        [--results DIR] [--name RUN] [--address ADDR] [--cpus-per-trial N]
+        [--gpus-per-trial F] [--max-concurrent N] [--dry-run]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from jobs.common import default_data, main_guard
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    from beanlib.studies import STUDIES
+
+    p = argparse.ArgumentParser(prog="python -m jobs.sweep", description=__doc__.splitlines()[0],
+                                epilog="studies: " + "; ".join(f"{s.name}: {s.description}" for s in STUDIES.values()))
+    p.add_argument("--study", required=True, choices=list(STUDIES))
+    p.add_argument("--data", default=default_data(), help="tfds | synthetic | PATH to split/class/*.jpg (default: $BEANLIB_DATA or tfds)")
+    p.add_argument("--image-size", type=int, help="override the study's image size")
+    p.add_argument("--epochs", type=int, help="override the study's epochs (Inception: head phase)")
+    p.add_argument("--fine-tune-epochs", type=int, help="override Inception's fine-tune epochs")
+    p.add_argument("--repeats", type=int, default=1, help="run every setting with N seeds (default 1)")
+    p.add_argument("--weights", help="Inception-v3 base weights: imagenet | none | PATH (default: the study's)")
+    p.add_argument("--per-class", type=int, help="keep only N images per class per split (default: the study's)")
+    p.add_argument("--results", default="results", help="results root: a path or an s3:// / gs:// URI (default: results)")
+    p.add_argument("--name", help="run name, a folder under --results (default: the study name)")
+    p.add_argument("--address", help="Ray cluster to join ('auto' for a local `ray start --head`; default: $RAY_ADDRESS, else a new local Ray)")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0)
+    p.add_argument("--gpus-per-trial", type=float, help="GPU share per trial (default on GPU clusters: LeNet 0.5, Inception 1)")
+    p.add_argument("--max-concurrent", type=int, help="at most N trials at once (default: as resources allow)")
+    p.add_argument("--retries", type=int, default=1, help="retries of a failed trial before it is recorded as failed (default 1)")
+    p.add_argument("--dry-run", action="store_true", help="print the trial table and exit without training")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    from beanlib.errors import BeanlibError
+    from beanlib.sweep import SweepOptions, run_sweep
+
+    for flag in ("repeats", "cpus_per_trial", "max_concurrent", "per_class"):
+        value = getattr(args, flag)
+        if value is not None and value <= 0:
+            raise BeanlibError(f"--{flag.replace('_', '-')} must be positive, got {value}")
+    if args.retries < 0 or (args.gpus_per_trial is not None and args.gpus_per_trial < 0):
+        raise BeanlibError("--retries and --gpus-per-trial must not be negative")
+    summary = run_sweep(SweepOptions(**{k: v for k, v in vars(args).items()}), out=lambda line: print(line, flush=True))
+    return 1 if summary.failed else 0
+
+
+if __name__ == "__main__":
+    main_guard(main)

@@ -1,0 +1,60 @@
+"""Each study declared once: its trials, shared baseline, repeats and stable ids."""
+
+import pytest
+
+from beanlib.errors import BeanlibError
+from beanlib.studies import STUDIES, TrialSpec, plan
+
+
+def test_seed_study_runs_the_baseline_once_for_its_three_factors():
+    specs = plan("seed")
+    assert len(specs) == 12  # 8 distinct LeNet settings + 4 Inception-v3 variants
+    baseline = [s for s in specs if s.setting == "baseline"]
+    assert len(baseline) == 1 and baseline[0].factors == ("kernel_size", "kernel_counts", "regularizer")
+    c = baseline[0].config
+    assert (c.kernel_size, c.kernel_counts, c.regularizer, c.image_size, c.epochs) == (5, (6, 16, 120), "none", 299, 20)
+    by_factor = {f: sorted(s.setting for s in specs if f in s.factors) for f in ("kernel_size", "kernel_counts", "regularizer", "inception")}
+    assert by_factor["kernel_size"] == ["baseline", "kernel_size=3", "kernel_size=7"]
+    assert by_factor["regularizer"] == ["baseline", "regularizer=dropout", "regularizer=l1", "regularizer=l2"]
+    assert [s.config.unfreeze_from for s in specs if s.config.model == "inception"] == [None, 249, 229, 133]
+
+
+def test_lenet_full_is_the_36_cell_factorial():
+    specs = plan("lenet-full")
+    cells = {(s.config.kernel_size, s.config.kernel_counts, s.config.regularizer) for s in specs}
+    assert len(specs) == len(cells) == 36
+
+
+def test_smoke_is_small_and_offline():
+    specs = plan("smoke")
+    assert len(specs) == 12 and STUDIES["smoke"].per_class == 4
+    assert all(s.config.image_size == 75 and s.config.epochs == 1 for s in specs)
+    assert {s.config.weights for s in specs if s.config.model == "inception"} == {"none"}
+
+
+def test_repeats_change_only_the_seed_and_ids_are_stable_and_unique():
+    specs = plan("inception", repeats=3)
+    assert len(specs) == 12 and len({s.trial_id for s in specs}) == 12
+    assert sorted({s.config.seed for s in specs}) == [0, 1, 2]
+    assert [s.trial_id for s in plan("inception", repeats=3)] == [s.trial_id for s in specs]
+    assert {s.trial_id for s in plan("inception", overrides={"epochs": 3})}.isdisjoint(s.trial_id for s in specs)
+
+
+def test_overrides_apply_only_where_the_field_belongs():
+    specs = plan("seed", overrides={"image_size": 128, "weights": "none", "epochs": 2})
+    assert {s.config.image_size for s in specs} == {128}
+    assert {s.config.weights for s in specs} == {None, "none"}  # LeNet trials have no weights field
+
+
+def test_spec_round_trips_through_a_plain_dict():
+    for spec in plan("seed"):
+        assert TrialSpec.from_dict(spec.to_dict()) == spec
+
+
+def test_bad_study_options_are_refused():
+    with pytest.raises(BeanlibError, match="unknown study 'sed'"):
+        plan("sed")
+    with pytest.raises(BeanlibError, match="--repeats must be a positive integer"):
+        plan("seed", repeats=0)
+    with pytest.raises(BeanlibError, match="too small for Inception-v3"):
+        plan("seed", overrides={"image_size": 64})
