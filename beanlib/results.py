@@ -162,7 +162,10 @@ class RunStore:
         """Atomic write: on a local or mounted filesystem a hidden temporary file renamed into place; on an
         object store a single PUT, which is atomic already (and where a rename would be a copy)."""
         folder = path.rsplit("/", 1)[0]
-        self.fs.create_dir(folder, recursive=True)
+        try:
+            self.fs.create_dir(folder, recursive=True)
+        except OSError as error:
+            raise BeanlibError(f"cannot write results under {self.uri} ({error}): pass a writable --results") from None
         if not isinstance(self.fs, pafs.LocalFileSystem):
             with self.fs.open_output_stream(path) as out:
                 out.write(payload)

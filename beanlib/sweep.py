@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
 
+from beanlib.data import load_beans
 from beanlib.errors import BeanlibError
 from beanlib.results import FINISHED, RunStore, provenance, trial_row
 from beanlib.studies import STUDIES, TrialSpec, plan
@@ -81,12 +82,14 @@ def run_sweep(opts: SweepOptions, out: Callable[[str], None] = print) -> SweepSu
     if opts.dry_run:
         _print_plan(specs, done, out)
         return SweepSummary(len(specs), 0, done)
+    # Bad data fails here, before anything is written: decoded once, in the driver.
+    data = {size: load_beans(opts.data, size, per_class) for size in sorted({s.config.image_size for s in todo})}
     store.check_manifest({"study": opts.study, "data": opts.data, "repeats": opts.repeats,
                           "per_class": per_class, "overrides": opts.overrides()})
     out(f"{opts.study}: {len(specs)} trials planned, {len(specs) - len(todo)} finished in {store.uri}, {len(todo)} to run")
     started = time.perf_counter()
     if todo:
-        _tune(opts, store, todo, out)
+        _tune(opts, store, todo, data, out)
     statuses = store.finished()
     summary = SweepSummary(len(specs), len(todo), {s.trial_id: statuses.get(s.trial_id, "missing") for s in specs},
                            time.perf_counter() - started)
@@ -95,14 +98,10 @@ def run_sweep(opts: SweepOptions, out: Callable[[str], None] = print) -> SweepSu
     return summary
 
 
-def _tune(opts: SweepOptions, store: RunStore, todo: list[TrialSpec], out: Callable[[str], None]) -> None:
+def _tune(opts: SweepOptions, store: RunStore, todo: list[TrialSpec], data: dict, out: Callable[[str], None]) -> None:
     import ray
     from ray import tune
 
-    from beanlib.data import load_beans
-
-    sizes = sorted({s.config.image_size for s in todo})
-    data = {size: load_beans(opts.data, size, todo[0].per_class) for size in sizes}  # decoded once, in the driver
     if not ray.is_initialized():
         # No address: RAY_ADDRESS (set by `ray job submit`) or else a new local Ray in this process.
         # Workers inherit a quiet TensorFlow C++ log (level 3: fatal only) unless the user set one.

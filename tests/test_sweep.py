@@ -1,0 +1,74 @@
+"""The sweep on an embedded local Ray: every trial once in Parquet, an injected fault recorded, re-runs resume."""
+
+import pandas as pd
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from beanlib import studies  # noqa: E402
+from beanlib.results import EPOCH_SCHEMA, TRIAL_SCHEMA  # noqa: E402
+from beanlib.studies import Factor, Study  # noqa: E402
+from beanlib.sweep import SweepOptions, run_sweep  # noqa: E402
+
+TINY = Study(
+    "tiny",
+    "two LeNets and two Inception-v3 variants at 75px, one epoch, three images per class",
+    {"model": "lenet", "image_size": 75, "epochs": 1, "batch_size": 8, "fine_tune_epochs": 1, "weights": "none"},
+    (
+        Factor("kernel_size", (("kernel_size=3", {"kernel_size": 3}), ("kernel_size=5", {"kernel_size": 5}))),
+        Factor("inception", (("head-only", {"model": "inception"}), ("top-2-blocks", {"model": "inception", "unfreeze_from": 249}))),
+    ),
+    per_class=3,
+)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def tiny_study(monkeypatch):
+    monkeypatch.setitem(studies.STUDIES, "tiny", TINY)
+    return "tiny"
+
+
+def test_sweep_records_every_trial_once_and_a_failure_without_stopping(local_ray, tiny_study, tmp_path):
+    lines = []
+    opts = SweepOptions(study=tiny_study, data="synthetic", results=str(tmp_path), inject_fault=("kernel_size=3",))
+    summary = run_sweep(opts, out=lines.append)
+    trials = pd.read_parquet(tmp_path / "tiny" / "trials")
+    assert list(trials.columns) == TRIAL_SCHEMA.names
+    assert len(trials) == 4 and trials["trial_id"].is_unique and summary.failed == 1
+    by_setting = trials.set_index("setting")
+    failed = by_setting.loc["kernel_size=3"]
+    assert failed["status"] == "error" and "injected fault" in failed["error"] and failed["attempts"] == 2
+    ok = trials[trials["setting"] != "kernel_size=3"]
+    assert set(ok["status"]) == {"ok"} and ok["test_accuracy"].between(0, 1).all()
+    assert (ok["data_fingerprint"].str.len() == 16).all() and (ok["node"] != "").all() and (ok["device"] == "CPU x1").all()
+    tuned = by_setting.loc["top-2-blocks"]
+    assert tuned["trainable_params"] == 13_216_131 and tuned["unfreeze_from"] == 249
+    epochs = pd.read_parquet(tmp_path / "tiny" / "epochs")
+    assert list(epochs.columns) == EPOCH_SCHEMA.names
+    phases = epochs[epochs["trial_id"] == tuned["trial_id"]].sort_values("epoch")
+    assert list(zip(phases["phase"], phases["epoch"])) == [("head", 1), ("fine_tune", 2)]
+    assert sum(line.startswith("trial ") for line in lines) == 4  # one progress line per finished trial
+
+    # The same command again: only the failed trial runs, and it still has exactly one row.
+    again = run_sweep(SweepOptions(study=tiny_study, data="synthetic", results=str(tmp_path)), out=lines.append)
+    assert again.ran == 1 and again.failed == 0
+    trials = pd.read_parquet(tmp_path / "tiny" / "trials")
+    assert len(trials) == 4 and set(trials["status"]) == {"ok"}
+    assert (trials.set_index("trial_id").loc[ok["trial_id"], "start_time"] == ok.set_index("trial_id")["start_time"]).all()
+
+    # A third time there is nothing left to run.
+    assert run_sweep(SweepOptions(study=tiny_study, data="synthetic", results=str(tmp_path)), out=lines.append).ran == 0
+
+
+def test_dry_run_prints_the_trial_table_and_writes_nothing(tiny_study, tmp_path):
+    lines = []
+    run_sweep(SweepOptions(study=tiny_study, data="synthetic", results=str(tmp_path), dry_run=True), out=lines.append)
+    assert any("top-2-blocks" in line and "13,216,131" in line and "23,904,035" in line for line in lines)
+    assert lines[-1] == "4 trials, 0 finished" and not any(tmp_path.iterdir())
