@@ -1,0 +1,33 @@
+"""Build the study's report (Markdown, HTML, figures, summary.parquet) from a sweep's Parquet.
+
+    python -m jobs.report --results RESULTS/RUN [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from jobs.common import main_guard
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m jobs.report", description=__doc__.splitlines()[0])
+    p.add_argument("--results", required=True, help="the run's folder, RESULTS/RUN, as jobs.sweep wrote it (a path or URI)")
+    p.add_argument("--out", help="where to write the report (default: RESULTS/RUN/report)")
+    args = p.parse_args(argv)
+    import pandas as pd
+
+    from beanlib.report import build_report
+
+    report = build_report(args.results, args.out)
+    shown = report.summary[["factor", "setting", "n", "test_accuracy", "ci95_low", "ci95_high", "original_test_accuracy", "trainable_params"]]
+    with pd.option_context("display.width", 160, "display.max_rows", 200, "display.float_format", "{:.1f}".format):
+        print(shown.to_string(index=False))
+    if report.missing:
+        print(f"partial: {len(report.missing)} planned trials have no row yet")
+    print(f"report: {report.out_dir / 'report.md'} and {report.out_dir / 'report.html'}")
+    return 0
+
+
+if __name__ == "__main__":
+    main_guard(main)

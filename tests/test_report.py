@@ -1,0 +1,149 @@
+"""The report: tables checked against the Parquet rows of a real smoke sweep, and statistics on constructed repeats."""
+
+import json
+import math
+import re
+from datetime import datetime, timedelta, timezone
+
+import pandas as pd
+import pytest
+from scipy import stats
+
+from beanlib.errors import BeanlibError
+from beanlib.report import build_report
+from beanlib.results import RunStore, trial_row
+from beanlib.studies import plan
+from beanlib.train import TrialResult
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """A real smoke sweep (synthetic data, 2 images per class) on an embedded Ray."""
+    from beanlib.sweep import SweepOptions, run_sweep
+
+    root = tmp_path_factory.mktemp("results")
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    try:
+        run_sweep(SweepOptions(study="smoke", data="synthetic", per_class=2, results=str(root)), out=lambda line: None)
+    finally:
+        ray.shutdown()
+    return root / "smoke"
+
+
+def test_report_tables_match_the_sweeps_rows(smoke_run, tmp_path):
+    report = build_report(str(smoke_run), str(tmp_path / "report"))
+    trials = pd.read_parquet(smoke_run / "trials")
+    summary = pd.read_parquet(tmp_path / "report" / "summary.parquet")
+    assert summary.groupby("factor").size().to_dict() == {"kernel_size": 3, "kernel_counts": 3, "regularizer": 4, "inception": 4}
+    assert list(summary["factor"].drop_duplicates()) == ["kernel_size", "kernel_counts", "regularizer", "inception"]
+    for _, row in summary.iterrows():
+        setting = "baseline" if row["setting"] in ("kernel_size=5", "kernel_counts=6-16-120", "regularizer=none") else row["setting"]
+        trial = trials[trials["setting"] == setting].iloc[0]
+        assert row["n"] == 1 and row["test_accuracy"] == pytest.approx(100 * trial["test_accuracy"])
+        assert row["trainable_params"] == trial["trainable_params"] and math.isnan(row["ci95_low"])
+    assert summary.set_index("setting").loc["kernel_size=7", "original_test_accuracy"] == 71.88
+    assert summary.set_index("setting").loc["top-6-blocks", "trainable_params"] == 20_431_747
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    for setting in summary["setting"]:
+        assert f"| {setting} |" in markdown
+    assert "one run per setting, so run-to-run noise is unknown" in markdown and "Partial report" not in markdown
+    figures = sorted(p.name for p in (tmp_path / "report" / "figures").iterdir())
+    assert figures == ["confusion_inception.png", "confusion_lenet.png", "curves_inception.png",
+                       "curves_kernel_counts.png", "curves_kernel_size.png", "curves_regularizer.png"]
+    assert all((tmp_path / "report" / "figures" / f).read_bytes()[:4] == b"\x89PNG" for f in figures)
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == len(figures) and "figures/" not in page  # self-contained
+    assert report.missing == []
+
+
+def test_a_partial_run_gives_a_partial_report(smoke_run, tmp_path):
+    import shutil
+
+    partial = tmp_path / "smoke"
+    shutil.copytree(smoke_run, partial, ignore=shutil.ignore_patterns("report", "tune"))
+    dropped = sorted((partial / "trials").glob("inception-*.parquet"))[:2]
+    for path in dropped:
+        path.unlink()
+    report = build_report(str(partial))
+    assert len(report.missing) == 2 and (partial / "report" / "report.md").exists()
+    assert "**Partial report**: 2 planned trials have no row yet" in (partial / "report" / "report.md").read_text()
+
+
+# --- constructed results with repeats ----------------------------------------------------------
+
+ACCURACIES = {  # test accuracy per setting over three seeds
+    "kernel_size=3": [0.70, 0.72, 0.74],
+    "baseline": [0.60, 0.61, 0.62],
+    "kernel_size=7": [0.69, 0.73, 0.71],
+    "kernel_counts=3-8-60": [0.50, 0.52, 0.51],
+    "kernel_counts=12-32-240": [0.80, 0.81, 0.82],
+}
+
+
+def _constructed_run(root):
+    store = RunStore(str(root), "constructed")
+    store.check_manifest({"study": "seed", "data": "synthetic", "repeats": 3, "per_class": None, "overrides": {}})
+    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    for spec in plan("seed", repeats=3):
+        if spec.setting not in ACCURACIES:
+            continue
+        acc = ACCURACIES[spec.setting][spec.repeat]
+        history = [{"phase": "train", "epoch": e, "loss": 1 / e, "accuracy": min(1, acc + 0.1 * e),
+                    "val_accuracy": acc - 0.05 + 0.02 * e, "val_loss": 1.0, "seconds": 10.0} for e in (1, 2, 3)]
+        result = TrialResult("ok", history, test_accuracy=acc, best_val_accuracy=acc + 0.01, per_class_accuracy=[acc] * 3,
+                             confusion_matrix=[[40, 2, 1], [3, 38, 2], [1, 1, 40]], trainable_params=5, total_params=5,
+                             train_seconds=30.0, images_per_second=100.0)
+        row = trial_row(spec, result, status="ok", data="synthetic", device="CPU x1", node="n",
+                        start_time=start + timedelta(seconds=10 * spec.repeat), end_time=start + timedelta(seconds=10 * spec.repeat + 40))
+        store.write_trial(row, history)
+    failed = next(s for s in plan("seed", repeats=3) if s.setting == "regularizer=l1")
+    store.write_trial(trial_row(failed, None, status="oom", error="ResourceExhaustedError: OOM when allocating", data="synthetic"), [])
+    return root / "constructed"
+
+
+def test_statistics_on_repeats(tmp_path):
+    report = build_report(str(_constructed_run(tmp_path)))
+    summary = report.summary.set_index("setting")
+    for setting, values in [("kernel_size=3", ACCURACIES["kernel_size=3"]), ("kernel_size=5", ACCURACIES["baseline"]),
+                            ("kernel_counts=6-16-120", ACCURACIES["baseline"])]:
+        values = [100 * v for v in values]
+        mean = sum(values) / 3
+        half = stats.t.ppf(0.975, 2) * pd.Series(values).std() / math.sqrt(3)
+        row = summary.loc[setting]
+        assert row["n"] == 3 and row["test_accuracy"] == pytest.approx(mean)
+        assert (row["ci95_low"], row["ci95_high"]) == pytest.approx((mean - half, mean + half))
+    markdown = (tmp_path / "constructed" / "report" / "report.md").read_text()
+    # kernel size: 3 leads 7 by one point with overlapping runs -> not beyond the noise
+    assert "best: **kernel_size=3** (72.0%), 1.0 points ahead of kernel_size=7; not larger than the noise" in markdown
+    # kernel counts: 12-32-240 leads the baseline by 20 points, three tight runs each -> beyond the noise
+    assert "best: **kernel_counts=12-32-240** (81.0%), 20.0 points ahead of kernel_counts=6-16-120; larger than the noise" in markdown
+    # the oom trial is listed with its error, and the unrun settings are reported missing
+    assert "ResourceExhaustedError: OOM when allocating" in markdown and "| oom |" in markdown
+    assert len(report.missing) == 12 * 3 - 5 * 3 - 1
+    assert "parallel speed-up of" in markdown
+
+
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (lambda root: None, "does not exist"),
+        (lambda root: (root / "empty").mkdir(), "is not a beanlib run (no run.json)"),
+        (lambda root: (root / "empty" / "runA").mkdir(parents=True) or (root / "empty" / "runA" / "run.json").write_text("{}"),
+         "no finished trial yet"),
+    ],
+)
+def test_bad_folders_get_a_one_line_error(tmp_path, setup, message):
+    setup(tmp_path)
+    target = tmp_path / "empty" / ("runA" if "no finished" in message else "")
+    with pytest.raises(BeanlibError, match=re.escape(message)) as caught:
+        build_report(str(target).rstrip("/"))
+    assert "\n" not in str(caught.value)
+
+
+def test_the_results_root_instead_of_a_run_names_the_runs(tmp_path):
+    _constructed_run(tmp_path)
+    with pytest.raises(BeanlibError, match=r"it holds runs constructed: pass one, e.g. .*/constructed"):
+        build_report(str(tmp_path))
+    assert json.loads((tmp_path / "constructed" / "run.json").read_text())["study"] == "seed"
