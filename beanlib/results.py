@@ -119,18 +119,23 @@ class RunStore:
         self.run = run
 
     def check_manifest(self, manifest: dict[str, Any]) -> None:
-        """Record what this run is; refuse to mix a different study, data or options into an existing run."""
+        """Record what this run is; refuse to mix a different study, data or options into an existing run.
+
+        Only `repeats` may change: more repeats extend the run with new seeds (the finished ones are kept).
+        """
         path = f"{self.path}/run.json"
         if self.fs.get_file_info(path).type == pafs.FileType.File:
             with self.fs.open_input_stream(path) as f:
                 existing = json.loads(f.read())
-            changed = sorted(k for k in set(existing) | set(manifest) if existing.get(k) != manifest.get(k))
+            changed = sorted(k for k in set(existing) | set(manifest) if existing.get(k) != manifest.get(k) and k != "repeats")
             if changed:
                 raise BeanlibError(
                     f"{self.uri} already holds a run with different {', '.join(changed)}: "
                     "re-run it with the same options to resume, or pass a new --name"
                 )
-            return
+            manifest = {**manifest, "repeats": max(existing.get("repeats", 1), manifest.get("repeats", 1))}
+            if manifest == existing:
+                return
         self._write_bytes(path, json.dumps(manifest, indent=1, sort_keys=True).encode())
 
     def finished(self) -> dict[str, str]:

@@ -73,6 +73,18 @@ def test_the_manifest_refuses_to_mix_different_runs(tmp_path):
         store.check_manifest({"study": "seed", "data": "synthetic"})
 
 
+def test_more_repeats_extend_a_run(tmp_path):
+    import json
+
+    store = RunStore(str(tmp_path), "run1")
+    store.check_manifest({"study": "seed", "data": "tfds", "repeats": 1})
+    store.check_manifest({"study": "seed", "data": "tfds", "repeats": 3})
+    store.check_manifest({"study": "seed", "data": "tfds", "repeats": 1})  # resuming with fewer keeps the larger plan
+    assert json.loads((tmp_path / "run1" / "run.json").read_text())["repeats"] == 3
+    # repeat 0 of a 3-repeat plan is the 1-repeat plan's trial: extending never re-runs it
+    assert {s.trial_id for s in plan("seed")} <= {s.trial_id for s in plan("seed", repeats=3)}
+
+
 @pytest.mark.parametrize("name", ["", "a/b", ".hidden", "_tmp"])
 def test_bad_run_names_are_refused(tmp_path, name):
     with pytest.raises(BeanlibError, match="must be a plain folder name"):
