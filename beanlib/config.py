@@ -183,7 +183,7 @@ def _normalise(values: dict[str, Any]) -> dict[str, Any]:
         try:
             out["kernel_counts"] = tuple(_as_int(n) for n in out["kernel_counts"])
         except (TypeError, ValueError):
-            raise BeanlibError(f"kernel_counts must be three positive integers, got {values['kernel_counts']!r}")
+            raise BeanlibError(f"kernel_counts must be three positive integers, got {values['kernel_counts']!r}") from None
     if out.get("model") == "lenet" and out.get("reg_strength") is None and out.get("regularizer") in DEFAULT_STRENGTH:
         out["reg_strength"] = DEFAULT_STRENGTH[out["regularizer"]]
     for key in ("image_size", "epochs", "batch_size", "seed", "kernel_size", "unfreeze_from", "fine_tune_epochs"):
@@ -194,7 +194,7 @@ def _normalise(values: dict[str, Any]) -> dict[str, Any]:
             try:
                 out[key] = float(out[key])
             except (TypeError, ValueError):
-                raise BeanlibError(f"{key} must be a number, got {out[key]!r}")
+                raise BeanlibError(f"{key} must be a number, got {out[key]!r}") from None
     return out
 
 
@@ -203,7 +203,7 @@ def _as_int(value: Any, name: str = "value") -> int:
     try:
         as_float = float(value)
     except (TypeError, ValueError):
-        raise BeanlibError(f"{name} must be an integer, got {value!r}")
+        raise BeanlibError(f"{name} must be an integer, got {value!r}") from None
     if isinstance(value, bool) or not as_float.is_integer():
         raise BeanlibError(f"{name} must be an integer, got {value!r}")
     return int(as_float)

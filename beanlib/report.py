@@ -224,6 +224,10 @@ def _compose(trials, epochs, manifest, store, out: Path):
           f"options {json.dumps(manifest.get('overrides', {}))}, repeats {manifest.get('repeats')}, "
           f"images per class {manifest.get('per_class') or 'all'}. Accuracies are test-split percentages; "
           f"one test image is {100 / max(1, int(trials['confusion_matrix'].dropna().map(lambda m: sum(map(sum, m))).max() or 1)):.2f} points.")
+    if (trials["weights"] == "none").any():
+        doc.p("**Note**: Inception-v3 ran with random-init weights (`--weights none`), not ImageNet's: its numbers "
+              "check the pipeline, not transfer learning, and do not compare with the original's. "
+              "Run with `--weights imagenet` (the default) where Keras can download the weights.")
     if missing:
         doc.p(f"**Partial report**: {len(missing)} planned trials have no row yet: " + "; ".join(missing[:40])
               + (" ..." if len(missing) > 40 else ""))

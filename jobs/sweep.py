@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from jobs.common import default_data, main_guard
 

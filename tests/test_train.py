@@ -95,6 +95,7 @@ def test_cached_features_phase1_matches_whole_model_phase1(small75):
     """Same head, same seed, same batches: training the head on cached features reproduces the whole-model fit."""
     cached = run_trial(inception_config(seed=3, epochs=3), small75)
     whole = run_trial(inception_config(seed=3, epochs=3, feature_cache=False), small75)
+    assert len(cached.history) == len(whole.history) == 3
     for a, b in zip(cached.history, whole.history):
         for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
             assert a[key] == pytest.approx(b[key], rel=1e-3, abs=1e-4), key
