@@ -51,9 +51,10 @@ def learning_curves(epochs: pd.DataFrame, rows: pd.DataFrame, factor: str, label
     return path
 
 
-def confusion(trial: pd.Series, out: Path) -> Path:
-    """The trial's test confusion matrix as a labelled heat map (rows: true class, columns: predicted)."""
-    matrix = np.array([list(row) for row in trial["confusion_matrix"]])
+def confusion(runs: pd.DataFrame, out: Path) -> Path:
+    """The test confusion matrix of a setting's runs, summed, as a labelled heat map (rows: true, columns: predicted)."""
+    matrix = np.sum([np.array([list(row) for row in m]) for m in runs["confusion_matrix"]], axis=0)
+    first = runs.iloc[0]
     fig, ax = plt.subplots(figsize=(4.6, 4))
     ax.imshow(matrix, cmap="Blues")
     for (i, j), count in np.ndenumerate(matrix):
@@ -63,9 +64,10 @@ def confusion(trial: pd.Series, out: Path) -> Path:
     ax.set_yticks(range(len(short)), short, fontsize=8)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(f"{trial['model']} {trial['setting']}: test {100 * trial['test_accuracy']:.1f}%", fontsize=9)
+    ax.set_title(f"{first['model']} {first['setting']}: test {100 * runs['test_accuracy'].mean():.1f}% "
+                 f"(n={len(runs)})", fontsize=9)
     fig.tight_layout()
-    path = out / f"confusion_{trial['model']}.png"
+    path = out / f"confusion_{first['model']}.png"
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path

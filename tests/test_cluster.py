@@ -37,7 +37,7 @@ def test_trials_run_on_both_nodes_of_a_two_node_cluster(tmp_path, monkeypatch):
     from beanlib.studies import LENET_KERNEL_SIZES, Factor, Study
     from beanlib.sweep import SweepOptions, run_sweep
 
-    study = Study("two-nodes", "four small LeNets", {"model": "lenet", "image_size": 40, "epochs": 1, "batch_size": 8},
+    study = Study("two-nodes", "four small LeNets", {"model": "lenet", "image_size": 64, "epochs": 1, "batch_size": 8},
                   (Factor("kernel_size", tuple((f"kernel_size={k}", {"kernel_size": k}) for k in (*LENET_KERNEL_SIZES, 1))),),
                   per_class=3)
     monkeypatch.setitem(studies.STUDIES, study.name, study)
