@@ -48,7 +48,9 @@ class SweepOptions:
     max_concurrent: int | None = None
     retries: int = 1
     dry_run: bool = False
-    inject_fault: tuple[str, ...] = ()  # settings whose trials raise (tests of failure handling)
+    # Tests of failure handling: "SETTING" makes that setting's trials raise; "SETTING:crash" kills
+    # their worker process outright, as Ray's OOM killer or a lost node would.
+    inject_fault: tuple[str, ...] = ()
 
     def overrides(self) -> dict[str, Any]:
         values = {"image_size": self.image_size, "epochs": self.epochs, "fine_tune_epochs": self.fine_tune_epochs, "weights": self.weights}
@@ -190,6 +192,8 @@ def _trainable(config: dict, data: dict, features: dict, context: dict) -> None:
     result, status, error, attempts = None, "error", None, 0
     for attempts in range(1, context["retries"] + 2):
         try:
+            if f"{spec.setting}:crash" in context["inject_fault"]:
+                os._exit(17)
             if spec.setting in context["inject_fault"]:
                 raise RuntimeError(f"injected fault in setting {spec.setting}")
             result = run_trial(spec.config, trial_data, features=shared, cpus=cpus,
@@ -235,8 +239,12 @@ class _WriteResults(_callback_base()):
     def on_trial_error(self, iteration, trials, trial, **info):
         """A trial whose worker died (Ray's OOM killer, a lost node) after all retries: record it as a row."""
         spec = TrialSpec.from_dict(self.specs[trial.config["trial_id"]])
-        error = getattr(trial, "error_msg", None) or "the trial's worker died"
-        row = trial_row(spec, None, status=_failure_status_from_text(error), error=error.splitlines()[-1][:500],
+        try:
+            error = str(trial.get_error() or "")
+        except Exception:  # the error file may be unreadable; the row matters more than its text
+            error = ""
+        lines = [line for line in error.splitlines() if line.strip()] or ["the trial's worker died"]
+        row = trial_row(spec, None, status=_failure_status_from_text(error), error=lines[-1][:500],
                         attempts=trial.num_failures, data=self.data, provenance=self.prov,
                         end_time=datetime.now(timezone.utc))
         self.store.write_trial(row, [])

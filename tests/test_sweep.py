@@ -72,3 +72,14 @@ def test_dry_run_prints_the_trial_table_and_writes_nothing(tiny_study, tmp_path)
     run_sweep(SweepOptions(study=tiny_study, data="synthetic", results=str(tmp_path), dry_run=True), out=lines.append)
     assert any("top-2-blocks" in line and "13,216,131" in line and "23,904,035" in line for line in lines)
     assert lines[-1] == "4 trials, 0 finished" and not any(tmp_path.iterdir())
+
+
+def test_a_dead_worker_is_recorded_as_a_failed_trial(local_ray, tiny_study, tmp_path):
+    opts = SweepOptions(study=tiny_study, data="synthetic", results=str(tmp_path), retries=0,
+                        inject_fault=("kernel_size=5:crash",))
+    summary = run_sweep(opts, out=lambda line: None)
+    trials = pd.read_parquet(tmp_path / "tiny" / "trials").set_index("setting")
+    assert summary.failed == 1 and len(trials) == 4
+    dead = trials.loc["kernel_size=5"]
+    assert dead["status"] == "error" and dead["error"] and pd.isna(dead["test_accuracy"]) and dead["kernel_size"] == 5
+    assert set(trials.drop(index="kernel_size=5")["status"]) == {"ok"}
