@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from beanlib.results import EPOCH_SCHEMA, TRIAL_SCHEMA
 from beanlib.studies import plan
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,6 +112,8 @@ def test_ray_job_submit_to_a_local_head_writes_the_smoke_study(tmp_path):
     finally:
         subprocess.run(["ray", "stop", "--force"], env=env, capture_output=True, timeout=120)
     trials = pd.read_parquet(results / "smoke" / "trials")
+    assert list(trials.columns) == TRIAL_SCHEMA.names  # the documented columns, in order
+    assert list(pd.read_parquet(results / "smoke" / "epochs").columns) == EPOCH_SCHEMA.names
     assert trials["trial_id"].is_unique and set(trials["trial_id"]) == {s.trial_id for s in plan("smoke")}
     assert set(trials["status"]) == {"ok"} and (trials["per_class"] == 2).all()
     assert trials["ray_version"].str.startswith("2.").all()
