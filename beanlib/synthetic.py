@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-GENERATOR_VERSION = 3  # bump when the drawing changes: it is part of the data cache key
+GENERATOR_VERSION = 5  # bump when the drawing changes: it is part of the data cache key
 
 _BACKGROUNDS = np.array([[0.42, 0.33, 0.22], [0.30, 0.26, 0.20], [0.55, 0.50, 0.42], [0.25, 0.35, 0.20]])
 _LEAF_GREENS = np.array([[0.22, 0.50, 0.15], [0.30, 0.58, 0.20], [0.18, 0.42, 0.12], [0.35, 0.55, 0.22]])
@@ -112,7 +112,7 @@ def _angular_leaf_spot(rng, u, v, length, half_width, size):
     """Angular brown lesions: rotated, jittered quadrilaterals with a darker rim."""
     width = float(half_width.max())
     spots = []
-    for pu, pv in _on_leaf(rng, rng.integers(4, 9), length, width):
+    for pu, pv in _on_leaf(rng, rng.integers(5, 10), length, width):
         r = rng.uniform(0.045, 0.075)
         theta = rng.uniform(0, np.pi / 2)
         du, dv = u - pu, v - pv
@@ -132,8 +132,8 @@ def _bean_rust(rng, u, v, length, half_width, size):
     """Many small round rust pustules, each inside a pale yellow halo."""
     width = float(half_width.max())
     spots = []
-    for pu, pv in _on_leaf(rng, rng.integers(20, 45), length, width):
-        r = rng.uniform(0.012, 0.02)
+    for pu, pv in _on_leaf(rng, rng.integers(25, 50), length, width):
+        r = rng.uniform(0.014, 0.022)
         d = np.hypot(u - pu, v - pv)
         halo = np.clip((2.2 * r - d) * size / 1.0, 0, 1) * 0.7
         core = np.clip((r - d) * size / 0.8, 0, 1)
