@@ -33,5 +33,9 @@ def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Write atomically (temporary file, then rename): a killed process never leaves half an archive."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
-        np.savez(tmp, **arrays)
+        try:
+            np.savez(tmp, **arrays)
+        except BaseException:
+            os.unlink(tmp.name)
+            raise
     os.replace(tmp.name, path)

@@ -189,6 +189,8 @@ def _normalise(values: dict[str, Any]) -> dict[str, Any]:
     for key in ("image_size", "epochs", "batch_size", "seed", "kernel_size", "unfreeze_from", "fine_tune_epochs"):
         if out.get(key) is not None:
             out[key] = _as_int(out[key], key)
+    if out.get("feature_cache") is not None:
+        out["feature_cache"] = _as_bool(out["feature_cache"], "feature_cache")
     for key in ("learning_rate", "reg_strength", "fine_tune_learning_rate"):
         if out.get(key) is not None:
             try:
@@ -207,6 +209,14 @@ def _as_int(value: Any, name: str = "value") -> int:
     if isinstance(value, bool) or not as_float.is_integer():
         raise BeanlibError(f"{name} must be an integer, got {value!r}")
     return int(as_float)
+
+
+def _as_bool(value: Any, name: str) -> bool:
+    """A bool from a bool or a flag's text (true/false, yes/no, 1/0); BeanlibError otherwise."""
+    text = str(value).strip().lower()
+    if isinstance(value, bool) or text in ("true", "false", "yes", "no", "1", "0"):
+        return value if isinstance(value, bool) else text in ("true", "yes", "1")
+    raise BeanlibError(f"{name} must be true or false, got {value!r}")
 
 
 def _positive_int(c: TrialConfig, *names: str) -> None:

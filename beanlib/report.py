@@ -149,27 +149,28 @@ def by_factor(trials: pd.DataFrame) -> pd.DataFrame:
 
 
 def summarize(trials: pd.DataFrame) -> pd.DataFrame:
-    """Per factor and setting: n, mean test accuracy (%) with a 95% t interval, parameters, seconds, the original's number."""
+    """Per factor and setting: n runs with a test accuracy, mean (%) with a 95% t interval, failed runs, parameters,
+    seconds, and the original's number. Diverged or failed runs have no accuracy: they count in `failed`, not in n."""
     from scipy import stats
 
-    ok = by_factor(trials[trials["status"].isin(FINISHED)])
     groups = []
-    for (factor, label), g in ok.groupby(["factor", "label"], sort=False):
-        acc = 100 * g["test_accuracy"].dropna().to_numpy()
+    for (factor, label), g in by_factor(trials).groupby(["factor", "label"], sort=False):
+        ok = g[g["status"].isin(FINISHED) & g["test_accuracy"].notna()]
+        acc = 100 * ok["test_accuracy"].to_numpy(dtype=float)
         n = len(acc)
         mean = float(acc.mean()) if n else math.nan
         half = float(stats.t.ppf(0.975, n - 1) * acc.std(ddof=1) / math.sqrt(n)) if n >= 2 else math.nan
         original, note = ORIGINAL.get(factor, {}).get(label, (None, ""))
         groups.append({
-            "factor": factor, "setting": label, "model": g["model"].iloc[0], "n": n,
+            "factor": factor, "setting": label, "model": g["model"].iloc[0], "n": n, "failed": len(g) - n,
             "test_accuracy": mean, "ci95_low": mean - half, "ci95_high": mean + half,
-            "std": float(acc.std(ddof=1)) if n >= 2 else math.nan,
-            "best_val_accuracy": float(100 * g["best_val_accuracy"].mean()),
+            "std": float(acc.std(ddof=1)) if n >= 2 else math.nan, "accuracies": acc.tolist(),
+            "best_val_accuracy": float(100 * ok["best_val_accuracy"].mean()) if n else math.nan,
             "original_test_accuracy": original if original is not None else math.nan, "original_note": note,
-            "trainable_params": int(g["trainable_params"].iloc[0]), "total_params": int(g["total_params"].iloc[0]),
-            "train_seconds": float(g["train_seconds"].mean()),
+            "trainable_params": _first(g["trainable_params"]), "total_params": _first(g["total_params"]),
+            "train_seconds": float(ok["train_seconds"].mean()) if n else math.nan,
         })
-    frame = pd.DataFrame(groups)
+    frame = pd.DataFrame(groups, columns=SUMMARY_COLUMNS)
     if frame.empty:
         return frame
     order = {name: i for i, name in enumerate(dict.fromkeys([*ORIGINAL, *frame["factor"]]))}
@@ -178,23 +179,32 @@ def summarize(trials: pd.DataFrame) -> pd.DataFrame:
     return frame.assign(_key=key).sort_values(["_key", "setting"]).drop(columns="_key").reset_index(drop=True)
 
 
-def verdict(summary: pd.DataFrame, trials: pd.DataFrame, factor: str) -> str:
+SUMMARY_COLUMNS = ["factor", "setting", "model", "n", "failed", "test_accuracy", "ci95_low", "ci95_high", "std", "accuracies",
+                   "best_val_accuracy", "original_test_accuracy", "original_note", "trainable_params", "total_params",
+                   "train_seconds"]
+
+
+def _first(values: pd.Series) -> float:
+    """The first known value (failed trials have no parameter counts), else NaN."""
+    known = values.dropna()
+    return float(known.iloc[0]) if len(known) else math.nan
+
+
+def verdict(summary: pd.DataFrame, factor: str) -> str:
     """The factor's best setting and whether its lead over the runner-up exceeds run-to-run noise (Welch's t-test)."""
     from scipy import stats
 
-    rows = summary[summary["factor"] == factor].sort_values("test_accuracy", ascending=False)
+    rows = summary[(summary["factor"] == factor) & (summary["n"] > 0)].sort_values("test_accuracy", ascending=False)
     if len(rows) < 2:
-        return f"only {len(rows)} setting has results"
+        return f"only {len(rows)} setting has a test accuracy: no comparison"
     best, second = rows.iloc[0], rows.iloc[1]
     lead = best["test_accuracy"] - second["test_accuracy"]
     text = f"best: **{best['setting']}** ({best['test_accuracy']:.1f}%), {lead:.1f} points ahead of {second['setting']}"
     if min(best["n"], second["n"]) < 2:
         return text + "; one run per setting, so run-to-run noise is unknown: rerun with --repeats 3 or more to tell"
-    ok = by_factor(trials[trials["status"].isin(FINISHED)])
-    acc = {s: 100 * ok[(ok["factor"] == factor) & (ok["label"] == s)]["test_accuracy"].to_numpy() for s in (best["setting"], second["setting"])}
-    p = float(stats.ttest_ind(acc[best["setting"]], acc[second["setting"]], equal_var=False).pvalue)
-    if not math.isfinite(p):  # identical runs: no variance at all
-        p = 1.0 if lead == 0 else 0.0
+    p = float(stats.ttest_ind(best["accuracies"], second["accuracies"], equal_var=False).pvalue)
+    if not math.isfinite(p):
+        return text + "; cannot be tested: neither setting varied between its runs"
     return text + (f"; larger than the noise (Welch t-test p = {p:.3f})" if p < 0.05 else
                    f"; not larger than the noise (Welch t-test p = {p:.3f}, n = {best['n']} and {second['n']})")
 
@@ -216,19 +226,29 @@ def _compose(trials, epochs, manifest, store, out: Path):
 
     (out / "figures").mkdir(parents=True, exist_ok=True)
     doc = _Doc()
+    planned = _planned(manifest)
+    extra = trials[~trials["trial_id"].isin(planned)] if planned is not None else trials.iloc[:0]
+    trials = trials.drop(extra.index)  # rows from an older plan (changed defaults) would mix two experiments
     summary = summarize(trials)
-    missing = _missing(trials, manifest)
+    missing = [label for trial_id, label in (planned or {}).items() if trial_id not in set(trials["trial_id"])]
     failed = trials[~trials["status"].isin(("ok",))]
+    tested = int(trials["confusion_matrix"].dropna().map(lambda m: sum(map(sum, m))).max() or 0) if trials["confusion_matrix"].notna().any() else 0
     doc.h(1, f"beanlib report: run `{store.run}` (study `{manifest.get('study')}`)")
     doc.p(f"Data `{manifest.get('data')}`; {len(trials)} trial rows, "
           f"{int(trials['status'].isin(FINISHED).sum())} finished, {len(failed)} failed or diverged; "
           f"options {json.dumps(manifest.get('overrides', {}))}, repeats {manifest.get('repeats')}, "
-          f"images per class {manifest.get('per_class') or 'all'}. Accuracies are test-split percentages; "
-          f"one test image is {100 / max(1, int(trials['confusion_matrix'].dropna().map(lambda m: sum(map(sum, m))).max() or 1)):.2f} points.")
+          f"images per class {manifest.get('per_class') or 'all'}. Accuracies are test-split percentages"
+          + (f"; one test image is {100 / tested:.2f} points." if tested else "."))
     if (trials["weights"] == "none").any():
         doc.p("**Note**: Inception-v3 ran with random-init weights (`--weights none`), not ImageNet's: its numbers "
               "check the pipeline, not transfer learning, and do not compare with the original's. "
               "Run with `--weights imagenet` (the default) where Keras can download the weights.")
+    if not extra.empty:
+        doc.p(f"**Left out**: {len(extra)} trial rows are not in the run's current plan (written by an older beanlib "
+              f"or other defaults): {', '.join(extra['trial_id'])}.")
+    if trials["data_fingerprint"].nunique() > 1:
+        doc.p(f"**Warning**: the trials saw different data (fingerprints {', '.join(sorted(trials['data_fingerprint'].dropna().unique()))}): "
+              "the data changed under this run name; compare with care or re-run under a new --name.")
     if missing:
         doc.p(f"**Partial report**: {len(missing)} planned trials have no row yet: " + "; ".join(missing[:40])
               + (" ..." if len(missing) > 40 else ""))
@@ -238,7 +258,7 @@ def _compose(trials, epochs, manifest, store, out: Path):
         rows = summary[summary["factor"] == factor]
         doc.h(3, factor)
         doc.table(_factor_table(rows))
-        doc.p(verdict(summary, trials, factor))
+        doc.p(verdict(summary, factor))
         doc.figure(figures.learning_curves(epochs, by_factor(trials), factor, list(rows["setting"]), out / "figures"),
                    f"Learning curves per setting of {factor}: train (solid) and validation (dashed)")
 
@@ -271,21 +291,30 @@ def _factor_table(rows: pd.DataFrame) -> pd.DataFrame:
 
     return pd.DataFrame({
         "setting": rows["setting"],
-        "test acc %": rows["test_accuracy"].map(lambda v: f"{v:.1f}"),
+        "test acc %": rows["test_accuracy"].map(_pct),
         "95% CI": [interval(r) for _, r in rows.iterrows()],
         "n": rows["n"],
+        "failed": rows["failed"],
         "original %": [note if math.isnan(v) else f"{v:g}" + (f" ({note})" if note else "")
                        for v, note in zip(rows["original_test_accuracy"], rows["original_note"])],
-        "best val %": rows["best_val_accuracy"].map(lambda v: f"{v:.1f}"),
-        "trainable": rows["trainable_params"].map(lambda v: f"{v:,}"),
-        "total": rows["total_params"].map(lambda v: f"{v:,}"),
-        "train s": rows["train_seconds"].map(lambda v: f"{v:.0f}"),
+        "best val %": rows["best_val_accuracy"].map(_pct),
+        "trainable": rows["trainable_params"].map(lambda v: "" if math.isnan(v) else f"{int(v):,}"),
+        "total": rows["total_params"].map(lambda v: "" if math.isnan(v) else f"{int(v):,}"),
+        "train s": rows["train_seconds"].map(lambda v: "" if math.isnan(v) else f"{v:.0f}"),
     })
 
 
+def _pct(value: float) -> str:
+    return "" if math.isnan(value) else f"{value:.1f}"
+
+
+def _with_accuracy(trials: pd.DataFrame, model: str) -> pd.DataFrame:
+    return trials[(trials["model"] == model) & trials["status"].isin(FINISHED) & trials["test_accuracy"].notna()]
+
+
 def best_setting(trials: pd.DataFrame, model: str) -> pd.DataFrame:
-    """The finished trials (all repeats) of the `model` setting with the highest mean test accuracy."""
-    ok = trials[(trials["model"] == model) & trials["status"].isin(FINISHED)].dropna(subset=["test_accuracy"])
+    """The trials (all repeats) with a test accuracy of the `model` setting with the highest mean test accuracy."""
+    ok = _with_accuracy(trials, model)
     best = ok.groupby("setting")["test_accuracy"].mean().idxmax()
     return ok[ok["setting"] == best]
 
@@ -294,7 +323,7 @@ def _best_per_family(trials: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame
     """Best LeNet setting against best Inception-v3 setting, averaged over their repeats."""
     rows = []
     for model in ("lenet", "inception"):
-        if not ((trials["model"] == model) & trials["status"].isin(FINISHED)).any():
+        if _with_accuracy(trials, model).empty:
             continue
         t = best_setting(trials, model)
         converged, gap = zip(*(convergence(epochs, trial_id) for trial_id in t["trial_id"]))
@@ -316,7 +345,7 @@ def _runtime_table(trials: pd.DataFrame) -> pd.DataFrame:
     t = trials.sort_values("start_time")
     duration = (t["end_time"] - t["start_time"]).dt.total_seconds()
     return pd.DataFrame({"trial": t["trial_id"], "setting": t["setting"], "repeat": t["repeat"], "status": t["status"],
-                         "device": t["device"], "node": t["node"], "train s": t["train_seconds"].map(lambda v: f"{v:.1f}"),
+                         "device": t["device"], "node": t["node"], "train s": t["train_seconds"].map(lambda v: "" if pd.isna(v) else f"{v:.1f}"),
                          "wall s": duration.map(lambda v: "" if pd.isna(v) else f"{v:.1f}"),
                          "images/s": t["images_per_second"].map(lambda v: "" if pd.isna(v) else f"{v:.0f}")})
 
@@ -331,18 +360,14 @@ def _speedup(trials: pd.DataFrame) -> str:
             f"summed: a parallel speed-up of {total / wall:.2f}x. A resumed sweep's wall time includes the pause.")
 
 
-def _missing(trials: pd.DataFrame, manifest: dict) -> list[str]:
-    """Planned trials (re-planned from run.json) without a row."""
-    import dataclasses
-
+def _planned(manifest: dict) -> dict[str, str] | None:
+    """trial_id -> "setting (repeat r)" of the run's plan, re-planned from run.json; None for a study beanlib does not know."""
     from beanlib.studies import STUDIES, plan
 
     if manifest.get("study") not in STUDIES:
-        return []
+        return None
     specs = plan(manifest["study"], repeats=manifest.get("repeats", 1), overrides=manifest.get("overrides"))
-    have = set(trials["trial_id"])
-    return [f"{s.setting} (repeat {s.repeat})" for s in (dataclasses.replace(s, per_class=manifest.get("per_class")) for s in specs)
-            if s.trial_id not in have]
+    return {s.trial_id: f"{s.setting} (repeat {s.repeat})" for s in specs}
 
 
 # --- the document: one structure, written as Markdown and as self-contained HTML -----------------

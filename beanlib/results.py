@@ -118,25 +118,31 @@ class RunStore:
             raise BeanlibError(f"cannot use results location {results!r} ({error}): give a local path or an s3:// / gs:// URI") from None
         self.run = run
 
-    def check_manifest(self, manifest: dict[str, Any]) -> None:
+    def check_manifest(self, manifest: dict[str, Any], data_fingerprints: dict[str, str] | None = None) -> None:
         """Record what this run is; refuse to mix a different study, data or options into an existing run.
 
         Only `repeats` may change: more repeats extend the run with new seeds (the finished ones are kept).
+        `data_fingerprints` (image size -> fingerprint) catch data that changed under the same source name.
         """
         path = f"{self.path}/run.json"
+        existing: dict[str, Any] = {}
         if self.fs.get_file_info(path).type == pafs.FileType.File:
             with self.fs.open_input_stream(path) as f:
                 existing = json.loads(f.read())
-            changed = sorted(k for k in set(existing) | set(manifest) if existing.get(k) != manifest.get(k) and k != "repeats")
+            changed = sorted(k for k in set(existing) | set(manifest)
+                             if existing.get(k) != manifest.get(k) and k not in ("repeats", "data_fingerprints"))
+            known = existing.get("data_fingerprints", {})
+            if any(known.get(size, fp) != fp for size, fp in (data_fingerprints or {}).items()):
+                changed.append("data content (fingerprint)")
             if changed:
                 raise BeanlibError(
                     f"{self.uri} already holds a run with different {', '.join(changed)}: "
                     "re-run it with the same options to resume, or pass a new --name"
                 )
             manifest = {**manifest, "repeats": max(existing.get("repeats", 1), manifest.get("repeats", 1))}
-            if manifest == existing:
-                return
-        self._write_bytes(path, json.dumps(manifest, indent=1, sort_keys=True).encode())
+        manifest["data_fingerprints"] = {**existing.get("data_fingerprints", {}), **(data_fingerprints or {})}
+        if manifest != existing:
+            self._write_bytes(path, json.dumps(manifest, indent=1, sort_keys=True).encode())
 
     def finished(self) -> dict[str, str]:
         """trial_id -> status of every trial with a row."""
@@ -176,9 +182,13 @@ class RunStore:
                 out.write(payload)
             return
         tmp = f"{folder}/.{path.rsplit('/', 1)[1]}.{uuid.uuid4().hex}.tmp"
-        with self.fs.open_output_stream(tmp) as out:
-            out.write(payload)
-        self.fs.move(tmp, path)
+        try:
+            with self.fs.open_output_stream(tmp) as out:
+                out.write(payload)
+            self.fs.move(tmp, path)
+        except BaseException:
+            self.fs.delete_file(tmp) if self.fs.get_file_info(tmp).type == pafs.FileType.File else None
+            raise
 
 
 def _absolute(results: str) -> str:

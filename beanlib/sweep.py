@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
 
+import ray
+from ray import tune
+
 from beanlib.data import load_beans
 from beanlib.errors import BeanlibError
 from beanlib.results import FINISHED, RunStore, provenance, trial_row
@@ -86,8 +89,10 @@ def run_sweep(opts: SweepOptions, out: Callable[[str], None] = print) -> SweepSu
         return SweepSummary(len(specs), 0, done)
     # Bad data fails here, before anything is written: decoded once, in the driver.
     data = {size: load_beans(opts.data, size, per_class) for size in sorted({s.config.image_size for s in todo})}
-    store.check_manifest({"study": opts.study, "data": opts.data, "repeats": opts.repeats,
-                          "per_class": per_class, "overrides": opts.overrides()})
+    source = opts.data if opts.data in ("tfds", "synthetic") or "://" in opts.data else os.path.abspath(opts.data)
+    fingerprints = {str(size): d.fingerprint for size, d in data.items()}
+    store.check_manifest({"study": opts.study, "data": source, "repeats": opts.repeats, "per_class": per_class,
+                          "overrides": opts.overrides()}, data_fingerprints=fingerprints)
     out(f"{opts.study}: {len(specs)} trials planned, {len(specs) - len(todo)} finished in {store.uri}, {len(todo)} to run")
     started = time.perf_counter()
     if todo:
@@ -101,15 +106,15 @@ def run_sweep(opts: SweepOptions, out: Callable[[str], None] = print) -> SweepSu
 
 
 def _tune(opts: SweepOptions, store: RunStore, todo: list[TrialSpec], data: dict, out: Callable[[str], None]) -> None:
-    import ray
-    from ray import tune
-
     if not ray.is_initialized():
         # No address: RAY_ADDRESS (set by `ray job submit`) or else a new local Ray in this process.
         # Workers inherit a quiet TensorFlow C++ log (level 3: fatal only) unless the user set one.
         quiet = {"TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3")}
         ray.init(address=opts.address, runtime_env={"env_vars": quiet}, configure_logging=False)
     has_gpus = ray.cluster_resources().get("GPU", 0) > 0
+    if not has_gpus and opts.gpus_per_trial is None and (opts.address or os.environ.get("RAY_ADDRESS")):
+        out("no GPUs in the cluster right now: trials take CPUs only; on an autoscaling cluster whose GPU nodes are "
+            "not up yet, pass --gpus-per-trial to request them")
     resources = _resources(opts, has_gpus)
     features = _shared_features(todo, data, resources, out)
     specs = {s.trial_id: s.to_dict() for s in todo}
@@ -148,8 +153,6 @@ def _resources(opts: SweepOptions, has_gpus: bool) -> dict[str, dict[str, float]
 
 def _shared_features(todo: list[TrialSpec], data: dict, resources: dict, out: Callable[[str], None]) -> dict:
     """Inception base features, computed once per (weights, size, data) in a Ray task, for every trial to share."""
-    import ray
-
     from beanlib.features import features_key
 
     wanted = {}
@@ -162,7 +165,12 @@ def _shared_features(todo: list[TrialSpec], data: dict, resources: dict, out: Ca
     compute = ray.remote(_compute_features).options(num_cpus=resources["inception"]["cpu"], num_gpus=resources["inception"]["gpu"])
     refs = {key: compute.remote(spec.config.to_dict(), data[spec.config.image_size], resources["inception"]["cpu"]) for key, spec in wanted.items()}
     started = time.perf_counter()
-    features = {key: ray.get(ref) for key, ref in refs.items()}
+    features = {}
+    for key, ref in refs.items():
+        try:
+            features[key] = ray.get(ref)
+        except Exception as error:  # e.g. no network for the ImageNet weights: each trial then fails on its own, recorded
+            out(f"inception base features for {wanted[key].setting} failed ({type(error).__name__}): its trials will compute their own")
     out(f"inception base features: {len(features)} set(s) computed once in {time.perf_counter() - started:.0f}s, shared by the trials")
     return features
 
@@ -175,9 +183,6 @@ def _compute_features(config: dict, data, cpus: float):
 
 def _trainable(config: dict, data: dict, features: dict, context: dict) -> None:
     """One Ray Tune trial: run it (with retries), report each epoch, and hand the final row to the driver."""
-    import ray
-    from ray import tune
-
     from beanlib.features import features_key
     from beanlib.train import run_trial
 
@@ -196,7 +201,7 @@ def _trainable(config: dict, data: dict, features: dict, context: dict) -> None:
                 os._exit(17)
             if spec.setting in context["inject_fault"]:
                 raise RuntimeError(f"injected fault in setting {spec.setting}")
-            result = run_trial(spec.config, trial_data, features=shared, cpus=cpus,
+            result = run_trial(spec.config, trial_data, features=shared, cpus=cpus, use_gpu=bool(gpu_ids),
                                on_epoch=lambda record: tune.report({**record, "finished": 0}))
             status, error = result.status, None
             if status in FINISHED:
@@ -215,13 +220,7 @@ def _failure_status(error: BaseException) -> str:
     return "oom" if names & {"ResourceExhaustedError", "MemoryError", "OutOfMemoryError"} else "error"
 
 
-def _callback_base():
-    from ray import tune
-
-    return tune.Callback
-
-
-class _WriteResults(_callback_base()):
+class _WriteResults(tune.Callback):
     """Driver side: writes each trial's Parquet the moment it finishes, and prints one line for it."""
 
     def __init__(self, store: RunStore, specs: dict[str, dict], data: str, prov: dict, out: Callable[[str], None]):

@@ -8,9 +8,9 @@ on the leaf the way the real diseases look:
 - angular_leaf_spot: a few angular brown lesions, straight-edged as if bounded by veins;
 - bean_rust: many small round rust-brown pustules, each with a pale yellow halo.
 
-It is not the real data; it is learnable (a LeNet reaches >90% test accuracy at
-64x64 in a few epochs, tests/test_data.py) and cheap, for smoke runs, tests and
-first contact. Images are rendered directly at the requested size.
+It is not the real data; it is learnable (the baseline LeNet at 64x64 reaches
+85-99% test accuracy after 5 epochs over seeds 0-4, 99% for seed 0 in
+tests/test_train.py) and cheap, for smoke runs, tests and first contact. Images are rendered directly at the requested size.
 """
 
 from __future__ import annotations

@@ -57,8 +57,9 @@ class TrialResult:
         return dataclasses.asdict(self)
 
 
-def configure_tensorflow(cpus: int | None = None) -> None:
-    """Confine TensorFlow to this trial's share: GPU memory growth, CPU thread pools of `cpus` threads.
+def configure_tensorflow(cpus: int | None = None, use_gpu: bool = True) -> None:
+    """Confine TensorFlow to this trial's share: GPU memory growth, CPU thread pools of `cpus` threads,
+    and no GPU at all when `use_gpu` is False (a CPU trial on a GPU node must not take the node's GPU).
 
     TensorFlow fixes these when its runtime starts, so only the first call in a
     process takes effect (Ray runs each trial in its own worker process).
@@ -70,6 +71,9 @@ def configure_tensorflow(cpus: int | None = None) -> None:
         return
     gpus = tf.config.list_physical_devices("GPU")
     try:
+        if not use_gpu and gpus:
+            tf.config.set_visible_devices([], "GPU")
+            gpus = []
         for gpu in gpus:
             # Trials sharing a GPU each take memory as they need it, not all of it up front.
             tf.config.experimental.set_memory_growth(gpu, True)
@@ -90,6 +94,7 @@ def run_trial(
     on_epoch: EpochHook | None = None,
     features=None,
     cpus: int | None = None,
+    use_gpu: bool = True,
 ) -> TrialResult:
     """Train and evaluate one config on prepared data; returns its TrialResult.
 
@@ -101,7 +106,7 @@ def run_trial(
         config = TrialConfig.from_dict(config)
     if data.image_size != config.image_size:
         raise ValueError(f"data prepared at {data.image_size}px but the config asks for {config.image_size}px")
-    configure_tensorflow(cpus)
+    configure_tensorflow(cpus, use_gpu)
     keras.utils.set_random_seed(config.seed)
     built = build(config)
     trial = _Trial(config, data, built, _EpochRecorder(on_epoch))

@@ -3,7 +3,7 @@
     python -m jobs.sweep --study NAME [--data tfds|PATH|synthetic] [--image-size N]
         [--epochs N] [--fine-tune-epochs N] [--repeats N] [--weights imagenet|none|PATH]
         [--results DIR] [--name RUN] [--address ADDR] [--cpus-per-trial N]
-        [--gpus-per-trial F] [--max-concurrent N] [--dry-run]
+        [--gpus-per-trial F] [--max-concurrent N] [--retries N] [--per-class N] [--dry-run]
 """
 
 from __future__ import annotations

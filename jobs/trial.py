@@ -40,8 +40,9 @@ def main(argv: list[str] | None = None) -> int:
         values[name] = None if value.lower() == "none" and name == "unfreeze_from" else value
     config = TrialConfig.from_dict(values)  # refuse bad input before loading any data
     from beanlib.data import load_beans
-    from beanlib.train import run_trial
+    from beanlib.train import configure_tensorflow, run_trial
 
+    configure_tensorflow(args.cpus)  # before decoding: TensorFlow fixes its threads when its runtime starts
     data = load_beans(args.data, config.image_size, args.per_class)
     print(f"data: {args.data} {data.counts()} fingerprint {data.fingerprint}", file=sys.stderr)
 

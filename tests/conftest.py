@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import pytest
 # Before anything imports TensorFlow: quiet logs, and a cache that tests share but users never see.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ["BEANLIB_CACHE"] = tempfile.mkdtemp(prefix="beanlib-test-cache-")
+atexit.register(shutil.rmtree, os.environ["BEANLIB_CACHE"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -29,6 +29,7 @@ def test_values_from_flags_and_parquet_are_coerced():
     c = TrialConfig.from_dict({"model": "lenet", "kernel_size": "3", "kernel_counts": "12,32,240", "learning_rate": "0.01"})
     assert c.kernel_size == 3 and c.kernel_counts == (12, 32, 240) and c.learning_rate == 0.01
     assert TrialConfig.from_dict(c.to_dict()) == c  # round trip through a plain dict
+    assert TrialConfig.from_dict({"model": "inception", "feature_cache": "false"}).feature_cache is False
 
 
 @pytest.mark.parametrize(
@@ -52,6 +53,7 @@ def test_values_from_flags_and_parquet_are_coerced():
         ({"model": "inception", "unfreeze_from": 400}, "unfreeze_from 400 is not the first layer of an Inception-v3 block"),
         ({"model": "inception", "unfreeze_from": 250}, "use one of 41, 64"),
         ({"model": "inception", "fine_tune_epochs": -1}, "fine_tune_epochs must be an integer >= 0"),
+        ({"model": "inception", "feature_cache": "maybe"}, "feature_cache must be true or false"),
     ],
 )
 def test_invalid_configs_are_refused_with_a_one_line_reason(values, message):

@@ -148,3 +148,40 @@ def test_the_results_root_instead_of_a_run_names_the_runs(tmp_path):
     with pytest.raises(BeanlibError, match=r"it holds runs constructed: pass one, e.g. .*/constructed"):
         build_report(str(tmp_path))
     assert json.loads((tmp_path / "constructed" / "run.json").read_text())["study"] == "seed"
+
+
+def test_diverged_and_failed_runs_are_counted_apart_and_never_crash_the_report(tmp_path):
+    root = _constructed_run(tmp_path)
+    store = RunStore(str(tmp_path), "constructed")
+    specs = plan("seed", repeats=3)
+    # a fourth kernel_size=7 result would be a different seed: instead make repeat 0 diverge (no accuracy)
+    k7 = next(s for s in specs if s.setting == "kernel_size=7" and s.repeat == 0)
+    store.write_trial(trial_row(k7, TrialResult("diverged", [], trainable_params=5, total_params=5), status="diverged",
+                                data="synthetic"), [])
+    for spec in (s for s in specs if s.config.model == "inception"):  # a whole family without a single accuracy
+        store.write_trial(trial_row(spec, None, status="error", error="RuntimeError: boom", data="synthetic"), [])
+    report = build_report(str(root))
+    summary = report.summary.set_index("setting")
+    assert (summary.loc["kernel_size=7", "n"], summary.loc["kernel_size=7", "failed"]) == (2, 1)
+    assert summary.loc["kernel_size=7", "test_accuracy"] == pytest.approx(72.0)  # (73 + 71) / 2, the NaN left out
+    assert (summary.loc["top-2-blocks", "n"], summary.loc["top-2-blocks", "failed"]) == (0, 3)
+    markdown = (root / "report" / "report.md").read_text()
+    kernel_verdict = next(line for line in markdown.splitlines() if line.startswith("best: **kernel_size"))
+    assert "not larger than the noise" in kernel_verdict  # the diverged run is not a NaN in the t-test
+    assert "| inception |" not in markdown  # no best-Inception row without an accuracy
+    assert "only 0 setting has a test accuracy: no comparison" in markdown
+    assert markdown.count("RuntimeError: boom") == 12
+
+
+def test_rows_outside_the_current_plan_are_left_out_and_named(tmp_path):
+    root = _constructed_run(tmp_path)
+    stale = plan("seed", overrides={"epochs": 7})[0]  # same setting, other defaults: another trial id
+    RunStore(str(tmp_path), "constructed").write_trial(trial_row(stale, _one_result(0.1), status="ok", data="synthetic"), [])
+    report = build_report(str(root))
+    assert report.summary.set_index("setting").loc["kernel_size=3", "n"] == 3
+    assert f"**Left out**: 1 trial rows are not in the run's current plan" in (root / "report" / "report.md").read_text()
+
+
+def _one_result(acc):
+    return TrialResult("ok", [], test_accuracy=acc, best_val_accuracy=acc, per_class_accuracy=[acc] * 3,
+                       confusion_matrix=[[1, 0, 0], [0, 1, 0], [0, 0, 1]], trainable_params=5, total_params=5, train_seconds=1.0)

@@ -59,6 +59,7 @@ def test_readers_ignore_a_half_written_temporary_file(tmp_path):
     (tmp_path / "run1" / "trials" / f".{spec.trial_id}.parquet.dead.tmp").write_bytes(b"PAR1 half a file")
     assert len(pd.read_parquet(tmp_path / "run1" / "trials")) == 1
     assert len(pq.read_table(tmp_path / "run1" / "trials")) == 1
+    assert len(store.read_table("trials")) == 1 and store.finished() == {spec.trial_id: "ok"}  # what the sweep reads
 
 
 def test_an_empty_run_reads_as_no_rows(tmp_path):
@@ -71,6 +72,14 @@ def test_the_manifest_refuses_to_mix_different_runs(tmp_path):
     store.check_manifest({"study": "seed", "data": "tfds"})  # the same options: resume
     with pytest.raises(BeanlibError, match="already holds a run with different data: .*new --name"):
         store.check_manifest({"study": "seed", "data": "synthetic"})
+
+
+def test_the_same_source_name_with_other_content_is_refused(tmp_path):
+    store = RunStore(str(tmp_path), "run1")
+    store.check_manifest({"study": "seed", "data": "synthetic"}, data_fingerprints={"64": "aaaa"})
+    store.check_manifest({"study": "seed", "data": "synthetic"}, data_fingerprints={"64": "aaaa", "75": "bbbb"})
+    with pytest.raises(BeanlibError, match=r"different data content \(fingerprint\)"):
+        store.check_manifest({"study": "seed", "data": "synthetic"}, data_fingerprints={"64": "cccc"})
 
 
 def test_more_repeats_extend_a_run(tmp_path):

@@ -110,6 +110,8 @@ def test_features_are_computed_once_per_weights_size_and_data(small75):
     again = run_trial(inception_config(seed=5, epochs=1, learning_rate=1e-2), small75)
     assert first.feature_seconds > 0 and again.feature_seconds == 0  # reused, not recomputed
     assert len(FEATURE_MEMO) == 1
+    other_seed = run_trial(inception_config(seed=6, epochs=1), small75)  # random-init weights differ per seed
+    assert other_seed.feature_seconds > 0 and len(FEATURE_MEMO) == 2
 
 
 def test_features_handed_in_must_match_the_trial(small75):
