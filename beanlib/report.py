@@ -170,7 +170,7 @@ def summarize(trials: pd.DataFrame) -> pd.DataFrame:
             "trainable_params": _first(g["trainable_params"]), "total_params": _first(g["total_params"]),
             "train_seconds": float(ok["train_seconds"].mean()) if n else math.nan,
         })
-    frame = pd.DataFrame(groups, columns=SUMMARY_COLUMNS)
+    frame = pd.DataFrame(groups, columns=SUMMARY_COLUMNS).astype({"trainable_params": "Int64", "total_params": "Int64"})
     if frame.empty:
         return frame
     order = {name: i for i, name in enumerate(dict.fromkeys([*ORIGINAL, *frame["factor"]]))}
@@ -184,10 +184,10 @@ SUMMARY_COLUMNS = ["factor", "setting", "model", "n", "failed", "test_accuracy",
                    "train_seconds"]
 
 
-def _first(values: pd.Series) -> float:
-    """The first known value (failed trials have no parameter counts), else NaN."""
+def _first(values: pd.Series) -> int | None:
+    """The first known value (failed trials have no parameter counts), else None."""
     known = values.dropna()
-    return float(known.iloc[0]) if len(known) else math.nan
+    return int(known.iloc[0]) if len(known) else None
 
 
 def verdict(summary: pd.DataFrame, factor: str) -> str:
@@ -298,8 +298,8 @@ def _factor_table(rows: pd.DataFrame) -> pd.DataFrame:
         "original %": [note if math.isnan(v) else f"{v:g}" + (f" ({note})" if note else "")
                        for v, note in zip(rows["original_test_accuracy"], rows["original_note"])],
         "best val %": rows["best_val_accuracy"].map(_pct),
-        "trainable": rows["trainable_params"].map(lambda v: "" if math.isnan(v) else f"{int(v):,}"),
-        "total": rows["total_params"].map(lambda v: "" if math.isnan(v) else f"{int(v):,}"),
+        "trainable": rows["trainable_params"].map(lambda v: "" if pd.isna(v) else f"{int(v):,}"),
+        "total": rows["total_params"].map(lambda v: "" if pd.isna(v) else f"{int(v):,}"),
         "train s": rows["train_seconds"].map(lambda v: "" if math.isnan(v) else f"{v:.0f}"),
     })
 
