@@ -107,21 +107,22 @@ def build(config: TrialConfig) -> Built:
     return BUILDERS[config.model](config)
 
 
-_COUNTS: dict[str, tuple[int, int]] = {}
+_COUNTS: dict[tuple, tuple[int, int]] = {}
 
 
 def parameter_counts(config: TrialConfig) -> tuple[int, int]:
     """(trainable in the trial's last phase, total) parameters of the model `config` builds; memoised per architecture."""
     import dataclasses
 
-    # weights and training settings do not change the counts: build with random init (no download)
-    arch = config.to_dict() | {"seed": 0, "epochs": 1, "learning_rate": 1.0}
+    # Training settings and weights do not change the counts: key and build without them (random init, no download).
+    training_only = {"seed": 0, "epochs": 1, "batch_size": 1, "optimizer": "adam", "learning_rate": 1.0}
     if config.model == "inception":
-        arch |= {"weights": "none", "fine_tune_learning_rate": 1.0, "fine_tune_epochs": 1}
-    key = str(sorted(arch.items()))
+        training_only |= {"weights": "none", "fine_tune_epochs": 1, "fine_tune_learning_rate": 1.0, "feature_cache": True}
+    arch = dataclasses.replace(config, **training_only)
+    key = (arch, config.phases)  # the phases decide whether the base is opened for fine-tuning
     if key not in _COUNTS:
-        built = build(dataclasses.replace(config, **{k: v for k, v in arch.items() if k != "kernel_counts"}))
-        if config.model == "inception" and "fine_tune" in config.phases:
+        built = build(arch)
+        if "fine_tune" in config.phases:
             set_unfrozen(built, config.unfreeze_from)
         _COUNTS[key] = (count_params(built.model.trainable_weights), built.model.count_params())
         keras.backend.clear_session()

@@ -214,10 +214,13 @@ def _trainable(config: dict, data: dict, features: dict, context: dict) -> None:
                  "beanlib_row": json.dumps(row, default=str), "beanlib_epochs": json.dumps(result.history if result else [])})
 
 
-def _failure_status(error: BaseException) -> str:
-    """'oom' for out-of-memory errors (TensorFlow's, Python's, Ray's), else 'error'."""
-    names = {cls.__name__ for cls in type(error).__mro__}
-    return "oom" if names & {"ResourceExhaustedError", "MemoryError", "OutOfMemoryError"} else "error"
+OOM_ERRORS = ("ResourceExhaustedError", "MemoryError", "OutOfMemoryError")  # TensorFlow's, Python's, Ray's
+
+
+def _failure_status(error: BaseException | str) -> str:
+    """'oom' for an out-of-memory error (an exception, or the text Ray gives for a dead worker), else 'error'."""
+    text = error if isinstance(error, str) else " ".join(cls.__name__ for cls in type(error).__mro__)
+    return "oom" if any(name in text for name in OOM_ERRORS) else "error"
 
 
 class _WriteResults(tune.Callback):
@@ -243,7 +246,7 @@ class _WriteResults(tune.Callback):
         except Exception:  # the error file may be unreadable; the row matters more than its text
             error = ""
         lines = [line for line in error.splitlines() if line.strip()] or ["the trial's worker died"]
-        row = trial_row(spec, None, status=_failure_status_from_text(error), error=lines[-1][:500],
+        row = trial_row(spec, None, status=_failure_status(error), error=lines[-1][:500],
                         attempts=trial.num_failures, data=self.data, provenance=self.prov,
                         end_time=datetime.now(timezone.utc))
         self.store.write_trial(row, [])
@@ -255,10 +258,6 @@ class _WriteResults(tune.Callback):
         self.out(f"trial {row['trial_id']} [{row['factor']}] {row['setting']} repeat {row['repeat']}: "
                  f"{row['status']} test_acc {shown} in {row.get('train_seconds') or 0:.1f}s on {row['device'] or '?'}"
                  + (f" ({row['error']})" if row.get("error") else ""))
-
-
-def _failure_status_from_text(message: str) -> str:
-    return "oom" if "OutOfMemoryError" in message or "ResourceExhausted" in message else "error"
 
 
 def _print_plan(specs: list[TrialSpec], done: dict[str, str], out: Callable[[str], None]) -> None:
