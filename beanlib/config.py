@@ -20,6 +20,7 @@ NUM_CLASSES = len(CLASS_NAMES)
 
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
 REGULARIZERS = ("none", "l1", "l2", "dropout")
+BATCHNORM = ("inference", "batch")  # keys: beanlib.models.BATCHNORM_MODES
 # Strengths the original does not state (ours): l1/l2 factors on the conv
 # kernels, small enough not to swamp the data loss at init; dropout 0.2 is the
 # original's rate.
@@ -53,8 +54,12 @@ FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
         "fine_tune_epochs": 10,  # not stated (ours)
         "fine_tune_learning_rate": 1e-5,  # "much lower" in the original; value ours
         "feature_cache": True,  # phase 1 on cached base features (same result, far faster)
+        "batchnorm": "inference",  # unfrozen BatchNorm layers keep their moving statistics (the original's protocol)
     },
 }
+# Fields added after results were first published: they enter a trial's id only when set away from
+# these defaults (or None, in the other family), so earlier runs keep their ids (and resume) unchanged.
+ID_NEUTRAL_DEFAULTS: dict[str, Any] = {"batchnorm": "inference"}
 FAMILY_FIELDS = {family: tuple(d) for family, d in FAMILY_DEFAULTS.items()}
 ALL_FIELDS = ("model", *COMMON_DEFAULTS, *dict.fromkeys(f for d in FAMILY_DEFAULTS.values() for f in d))
 
@@ -82,6 +87,7 @@ class TrialConfig:
     fine_tune_epochs: int | None = None
     fine_tune_learning_rate: float | None = None
     feature_cache: bool | None = None
+    batchnorm: str | None = None
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "TrialConfig":
@@ -108,6 +114,10 @@ class TrialConfig:
         if out["kernel_counts"] is not None:
             out["kernel_counts"] = list(out["kernel_counts"])
         return out
+
+    def identity(self) -> dict[str, Any]:
+        """What a trial id hashes: `to_dict()` less the later-added fields left at their defaults."""
+        return {k: v for k, v in self.to_dict().items() if k not in ID_NEUTRAL_DEFAULTS or v not in (None, ID_NEUTRAL_DEFAULTS[k])}
 
     @property
     def phases(self) -> tuple[str, ...]:
@@ -167,6 +177,8 @@ def _validate_inception(c: TrialConfig) -> None:
     if not isinstance(c.fine_tune_epochs, int) or c.fine_tune_epochs < 0:
         raise BeanlibError(f"fine_tune_epochs must be an integer >= 0, got {c.fine_tune_epochs!r}")
     _positive_float(c, "fine_tune_learning_rate")
+    if c.batchnorm not in BATCHNORM:
+        raise BeanlibError(f"unknown batchnorm mode {c.batchnorm!r}: use one of {', '.join(BATCHNORM)}")
     if not isinstance(c.weights, str) or not c.weights:
         raise BeanlibError(f"weights must be 'imagenet', 'none' or a weights file path, got {c.weights!r}")
 

@@ -20,6 +20,7 @@ import numpy as np
 from beanlib.config import TrialConfig
 from beanlib.cache import cache_path, read_npz, write_npz
 from beanlib.data import SPLITS, BeansData
+from beanlib.weights import weights_sha256
 
 INFERENCE_BATCH = 64  # larger batches only add memory on CPU; on GPU this is small enough for any size
 
@@ -40,14 +41,11 @@ _MEMO: dict[str, Features] = {}
 def features_key(config: TrialConfig, data: BeansData) -> str:
     """What determines the features: the base weights, the image size and the data.
 
-    Random-init weights ("none") depend on the trial's seed; a weights file on its content.
+    Random-init weights ("none") depend on the trial's seed; a weights file on its content (sha256), not its path.
     """
-    weights: object = config.weights
+    weights: object = weights_sha256(config.weights) or config.weights
     if config.weights == "none":
         weights = ["none", config.seed]
-    elif os.path.isfile(config.weights):
-        stat = os.stat(config.weights)
-        weights = [os.path.abspath(config.weights), stat.st_size, stat.st_mtime_ns]
     blob = json.dumps(["inception_v3", weights, config.image_size, data.fingerprint])
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 

@@ -13,6 +13,7 @@ import keras
 from keras import layers
 
 from beanlib.config import NUM_CLASSES, TrialConfig
+from beanlib.weights import load_inception_base
 
 
 @dataclass
@@ -59,14 +60,44 @@ def build_lenet(config: TrialConfig) -> Built:
     return Built(keras.Model(inputs, outputs, name="lenet"))
 
 
+class PretrainedBase(layers.Layer):
+    """Calls the pretrained base with the BatchNorm mode the trial chose, whatever `training` the outer model gets.
+
+    A functional model passes its own call's `training` to every layer it wraps, overriding the
+    `base(x, training=False)` recorded when the graph was built (Keras 3.15, keras/src/models/functional.py,
+    operation_fn). So during `fit` an unfrozen BatchNorm would normalise with the batch's statistics and
+    overwrite its moving ones. This layer takes no `training` from outside: it decides it, per BATCHNORM_MODES.
+    tests/test_models.py checks that after unfreezing, training and inference outputs are equal.
+    """
+
+    def __init__(self, base: keras.Model, batchnorm: str = "inference", **kwargs):
+        super().__init__(**kwargs)
+        self.base, self.batchnorm = base, batchnorm
+
+    def call(self, images, training=None):
+        return self.base(images, training=BATCHNORM_MODES[self.batchnorm](training))
+
+    def compute_output_shape(self, input_shape):
+        return self.base.compute_output_shape(input_shape)
+
+
+# How the unfrozen BatchNorm layers run while fine-tuning. "inference" is the original's protocol (the
+# keras-io transfer-learning guide): moving statistics, never updated. "batch" is the alternative: batch
+# statistics in training, moving ones updated. Frozen layers always use their moving statistics.
+BATCHNORM_MODES = {
+    "inference": lambda training: False,
+    "batch": lambda training: training,
+}
+
+
 def build_inception(config: TrialConfig) -> Built:
-    """Inception-v3 transfer model: [-1,1] rescale, base(training=False), GAP, Dense(1024, relu), Dense(3) logits.
+    """Inception-v3 transfer model: [-1,1] rescale, the base (BatchNorm per `config.batchnorm`), GAP,
+    Dense(1024, relu), Dense(3) logits.
 
     The base is built frozen (head-only phase); `set_unfrozen` opens it for fine-tuning.
     """
     size = config.image_size
-    weights = None if config.weights == "none" else config.weights  # "imagenet" or a weights file path
-    base = keras.applications.InceptionV3(include_top=False, weights=weights, input_shape=(size, size, 3))
+    base = load_inception_base(config.weights, size)  # "imagenet", "none" (random init) or a checked weights file
     base.trainable = False
 
     pooled_in = keras.Input((base.output_shape[-1],), name="pooled")
@@ -75,9 +106,7 @@ def build_inception(config: TrialConfig) -> Built:
 
     inputs = keras.Input((size, size, 3), name="image")
     x = layers.Rescaling(1 / 127.5, offset=-1)(inputs)
-    # training=False keeps BatchNorm in inference mode, also while fine-tuning:
-    # batch statistics of 32 leaf photos would wreck the ImageNet ones.
-    pooled = layers.GlobalAveragePooling2D(name="pool")(base(x, training=False))
+    pooled = layers.GlobalAveragePooling2D(name="pool")(PretrainedBase(base, config.batchnorm, name="base")(x))
     model = keras.Model(inputs, head(pooled), name="inception_v3_transfer")
     return Built(model, base=base, head=head, features=keras.Model(inputs, pooled, name="features"))
 
@@ -117,7 +146,7 @@ def parameter_counts(config: TrialConfig) -> tuple[int, int]:
     # Training settings and weights do not change the counts: key and build without them (random init, no download).
     training_only = {"seed": 0, "epochs": 1, "batch_size": 1, "optimizer": "adam", "learning_rate": 1.0}
     if config.model == "inception":
-        training_only |= {"weights": "none", "fine_tune_epochs": 1, "fine_tune_learning_rate": 1.0, "feature_cache": True}
+        training_only |= {"weights": "none", "batchnorm": "inference", "fine_tune_epochs": 1, "fine_tune_learning_rate": 1.0, "feature_cache": True}
     arch = dataclasses.replace(config, **training_only)
     key = (arch, config.phases)  # the phases decide whether the base is opened for fine-tuning
     if key not in _COUNTS:

@@ -24,6 +24,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from beanlib.errors import BeanlibError
+from beanlib.weights import weights_sha256
 
 FINISHED = ("ok", "diverged")  # statuses a re-run keeps; "error", "oom" and "stopped" trials run again
 
@@ -44,6 +45,7 @@ _CONFIG_COLUMNS = [
     ("fine_tune_epochs", pa.int64()),
     ("fine_tune_learning_rate", pa.float64()),
     ("feature_cache", pa.bool_()),
+    ("batchnorm", pa.string()),
 ]
 CONFIG_COLUMNS = [name for name, _ in _CONFIG_COLUMNS]
 
@@ -56,6 +58,7 @@ TRIAL_SCHEMA = pa.schema(
         ("setting", pa.string()),
         ("repeat", pa.int64()),
         *_CONFIG_COLUMNS,
+        ("weights_sha256", pa.string()),  # content hash of a weights file; null for imagenet, none and LeNet
         ("data", pa.string()),
         ("per_class", pa.int64()),
         ("status", pa.string()),  # ok, diverged, error, oom
@@ -228,6 +231,7 @@ def trial_row(
         "setting": spec.setting,
         "repeat": spec.repeat,
         **config,
+        "weights_sha256": weights_sha256(spec.config.weights),
         "data": data,
         "per_class": spec.per_class,
         **metrics,

@@ -115,6 +115,12 @@ STUDIES: dict[str, Study] = {
             (INCEPTION,),
         ),
         Study(
+            "inception-head",
+            "Inception-v3 head only (frozen base): the cheap part of `inception`, e.g. at 299px on CPUs.",
+            {"model": "lenet", "image_size": 299, "epochs": 20},
+            (Factor("inception", INCEPTION.settings[:1]),),
+        ),
+        Study(
             "smoke",
             "A small `seed` for tests and first contact: 75px, 1 epoch (+1 fine-tune), 4 images per class, random-init Inception.",
             {"model": "lenet", "image_size": 75, "epochs": 1, "batch_size": 8, "fine_tune_epochs": 1, "weights": "none"},
@@ -147,7 +153,7 @@ def plan(
         for label, changes in factor.settings:
             values = _applicable({**study.base, **changes, **(overrides or {})})
             config = TrialConfig.from_dict(values)
-            key = json.dumps({k: v for k, v in config.to_dict().items() if k != "seed"}, sort_keys=True)
+            key = json.dumps({k: v for k, v in config.identity().items() if k != "seed"}, sort_keys=True)
             if key in settings:
                 settings[key][0].append(factor.name)
             else:

@@ -25,6 +25,7 @@ from beanlib.data import load_beans
 from beanlib.errors import BeanlibError
 from beanlib.results import FINISHED, RunStore, provenance, trial_row
 from beanlib.studies import STUDIES, TrialSpec, plan
+from beanlib.weights import check_weights
 
 # Default share of a GPU per trial when the cluster has GPUs (ours): LeNet is small enough for two
 # per GPU; Inception-v3 fine-tuning wants a whole one.
@@ -56,7 +57,9 @@ class SweepOptions:
     inject_fault: tuple[str, ...] = ()
 
     def overrides(self) -> dict[str, Any]:
-        values = {"image_size": self.image_size, "epochs": self.epochs, "fine_tune_epochs": self.fine_tune_epochs, "weights": self.weights}
+        # A weights file is named by its absolute path: Tune runs trials in other working directories.
+        weights = os.path.abspath(self.weights) if self.weights and os.path.isfile(self.weights) else self.weights
+        values = {"image_size": self.image_size, "epochs": self.epochs, "fine_tune_epochs": self.fine_tune_epochs, "weights": weights}
         return {k: v for k, v in values.items() if v is not None}
 
 
@@ -81,6 +84,8 @@ def run_sweep(opts: SweepOptions, out: Callable[[str], None] = print) -> SweepSu
     study = STUDIES[opts.study]
     per_class = opts.per_class or study.per_class
     specs = [dataclasses.replace(s, per_class=per_class) for s in plan(study, repeats=opts.repeats, overrides=opts.overrides())]
+    for weights in sorted({s.config.weights for s in specs if s.config.weights}):
+        check_weights(weights)  # a wrong weights file stops here, in one line, before any data or result is written
     store = RunStore(opts.results, opts.name or opts.study)
     done = store.finished()
     todo = [s for s in specs if done.get(s.trial_id) not in FINISHED]

@@ -34,3 +34,14 @@ def tiny_synthetic():
     from beanlib.data import load_beans
 
     return load_beans("synthetic", 32, per_class=6)
+
+
+@pytest.fixture(scope="session")
+def pretrained_weights() -> Path:
+    """The pretrained Inception-v3 no-top weights file named by $INCEPTION_WEIGHTS; skipped when absent."""
+    value = os.environ.get("INCEPTION_WEIGHTS")
+    if not value:
+        pytest.skip("INCEPTION_WEIGHTS is not set: point it at a Keras Inception-v3 no-top .weights.h5 file to run this test")
+    if not Path(value).is_file():
+        pytest.skip(f"INCEPTION_WEIGHTS={value} is not a file: pretrained-base test skipped")
+    return Path(value)

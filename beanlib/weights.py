@@ -1,0 +1,93 @@
+"""Inception-v3 base weights: loading them safely, their content identity, and how a report names them.
+
+A trial's `weights` is "imagenet" (Keras downloads its ImageNet file), "none"
+(random init) or the path of a Keras no-top weights file. A file is known by
+the sha256 of its content, not its path: that hash keys the cached base
+features and goes into every result row, so two files under one name never mix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+
+from beanlib.errors import BeanlibError
+
+IMAGENET, RANDOM = "imagenet", "none"
+CHECK_SIZE = 75  # smallest input Inception-v3 takes: the cheapest build that loads every weight
+
+_SHA256: dict[tuple, str] = {}
+_LOADABLE: set[str] = set()  # content hashes already loaded once without complaint in this process
+
+
+def file_sha256(path: str) -> str:
+    """The sha256 of a file's content; memoised per (path, size, mtime) so a 44 MB file is hashed once."""
+    stat = os.stat(path)
+    key = (os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _SHA256:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        _SHA256[key] = digest.hexdigest()
+    return _SHA256[key]
+
+
+def weights_sha256(weights: str | None) -> str | None:
+    """The content hash of a weights file; None for "imagenet", "none", or a LeNet trial (no weights)."""
+    if weights in (None, IMAGENET, RANDOM):
+        return None
+    return file_sha256(weights) if os.path.isfile(weights) else None
+
+
+def describe(weights: str | None, sha256: str | None) -> str:
+    """How a report names a base: ImageNet, random init, or a file's name and content hash (labelled a stand-in)."""
+    if weights == IMAGENET:
+        return "ImageNet (Keras download)"
+    if weights == RANDOM:
+        return "random init (not pretrained)"
+    name = os.path.basename(str(weights))
+    digest = f"sha256 {sha256[:12]}" if sha256 else "content hash unknown"
+    return f"file {name} ({digest}): a stand-in, not the ImageNet weights the original used"
+
+
+def load_inception_base(weights: str, image_size: int):
+    """keras.applications.InceptionV3(include_top=False) at `image_size` with `weights` loaded, or a one-line
+    BeanlibError when a file is missing, not HDF5, truncated, or holds another architecture's weights.
+
+    Keras only warns (and keeps random values) when parts of a file match no layer: here that is an error too,
+    so a wrong file can never pass for a pretrained base.
+    """
+    import keras
+
+    keras_weights = None if weights == RANDOM else weights
+    if weights not in (IMAGENET, RANDOM) and not os.path.isfile(weights):
+        raise BeanlibError(f"weights file {weights} does not exist: pass a Keras Inception-v3 no-top weights file "
+                           "(.weights.h5), 'imagenet' or 'none'")
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", module=r"keras\.src\.saving")
+            return keras.applications.InceptionV3(include_top=False, weights=keras_weights, input_shape=(image_size, image_size, 3))
+    except (OSError, ValueError, KeyError, TypeError, UserWarning) as error:
+        if weights in (IMAGENET, RANDOM):
+            raise
+        reason = "its layers do not match Inception-v3's" if isinstance(error, UserWarning) else \
+            (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise BeanlibError(f"{weights} is not a Keras Inception-v3 no-top weights file ({reason}): pass the "
+                           "file that keras.applications.InceptionV3(include_top=False).save_weights wrote, 'imagenet' or 'none'") from None
+
+
+def check_weights(weights: str | None) -> None:
+    """Refuse, before any training, a weights file that would not load as an Inception-v3 no-top base.
+
+    Loads it once at the smallest size (a few seconds); a file already loaded in this process is not checked again.
+    """
+    sha = weights_sha256(weights)
+    if weights in (None, IMAGENET, RANDOM) or sha in _LOADABLE:
+        return
+    import keras
+
+    load_inception_base(weights, CHECK_SIZE)
+    keras.backend.clear_session()
+    _LOADABLE.add(weights_sha256(weights))

@@ -1,0 +1,120 @@
+"""Inception-v3 base weights: BatchNorm stays in inference mode while fine-tuning, files are checked and known
+by content, and a pretrained base (from $INCEPTION_WEIGHTS) does what transfer learning promises."""
+
+import hashlib
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from beanlib import train
+from beanlib.config import TrialConfig
+from beanlib.data import load_beans
+from beanlib.errors import BeanlibError
+from beanlib.features import features_key
+from beanlib.models import build, set_unfrozen
+from beanlib.weights import check_weights, describe, weights_sha256
+
+
+def inception(**values):
+    return TrialConfig.from_dict({"model": "inception", "weights": "none", "image_size": 75, **values})
+
+
+@pytest.mark.parametrize("unfreeze_from", [249, 133])
+def test_unfrozen_batchnorm_runs_in_inference_mode_when_the_model_trains(unfreeze_from):
+    # Keras passes a functional model's `training` to the layers it wraps: without PretrainedBase the
+    # unfrozen BatchNorm layers would normalise with batch statistics here and the outputs would differ.
+    built = build(inception())
+    set_unfrozen(built, unfreeze_from)
+    x = np.random.default_rng(0).integers(0, 255, (4, 75, 75, 3)).astype(np.float32)
+    np.testing.assert_array_equal(built.model(x, training=True), built.model(x, training=False))
+    # the alternative mode really is different: this test can tell the two apart
+    batch = build(inception(batchnorm="batch"))
+    set_unfrozen(batch, unfreeze_from)
+    assert not np.allclose(batch.model(x, training=True), batch.model(x, training=False), atol=1e-3)
+
+
+def test_batchnorm_mode_keeps_the_original_trainable_counts():
+    for mode in ("inference", "batch"):
+        built = build(inception(batchnorm=mode, image_size=299))
+        set_unfrozen(built, 249)
+        assert sum(int(np.prod(w.shape)) for w in built.model.trainable_weights) == 13_216_131  # BatchNorm betas included
+
+
+def test_a_weights_file_is_known_by_its_content_not_its_path(tmp_path):
+    data = load_beans("synthetic", 75, per_class=1)
+    a, b = tmp_path / "a.weights.h5", tmp_path / "b.weights.h5"
+    a.write_bytes(b"one content")
+    b.write_bytes(b"one content")
+    assert features_key(inception(weights=str(a)), data) == features_key(inception(weights=str(b)), data)
+    b.write_bytes(b"another content")
+    assert features_key(inception(weights=str(a)), data) != features_key(inception(weights=str(b)), data)
+    assert weights_sha256(str(a)) == hashlib.sha256(b"one content").hexdigest()
+    assert "a stand-in" in describe(str(a), weights_sha256(str(a))) and describe("none", None).startswith("random init")
+
+
+def test_files_that_are_not_an_inception_base_are_refused_in_one_line(tmp_path):
+    text = tmp_path / "notes.weights.h5"
+    text.write_text("not weights")
+    other = tmp_path / "small_cnn.weights.h5"
+    small = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3), keras.layers.BatchNormalization()])
+    small.save_weights(other)
+    cases = {str(text): "file signature not found", str(other): "not a Keras Inception-v3 no-top weights file", str(tmp_path / "missing.weights.h5"): "does not exist"}
+    for path, reason in cases.items():
+        with pytest.raises(BeanlibError, match=reason) as caught:
+            check_weights(path)
+        assert "\n" not in str(caught.value) and path in str(caught.value)
+
+
+def test_a_truncated_weights_file_stops_the_sweep_before_anything_is_written(tmp_path):
+    whole = tmp_path / "whole.weights.h5"
+    build(inception(seed=1)).base.save_weights(whole)
+    check_weights(str(whole))  # the whole file loads
+    cut = tmp_path / "cut.weights.h5"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    run = subprocess.run([sys.executable, "-m", "jobs.sweep", "--study", "smoke", "--data", "synthetic", "--weights", str(cut),
+                          "--results", str(tmp_path / "results")], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2, run.stderr
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "truncated" in errors[0] and "not a Keras Inception-v3 no-top weights file" in errors[0]
+    assert not (tmp_path / "results").exists()
+
+
+# --- with the pretrained base from $INCEPTION_WEIGHTS ------------------------------------------------------------
+
+
+def test_fine_tuning_from_249_changes_only_the_top_blocks_and_the_head(pretrained_weights, monkeypatch):
+    built_in_trial = []
+    monkeypatch.setattr(train, "build", lambda config: built_in_trial.append(build(config)) or built_in_trial[-1])
+    config = inception(weights=str(pretrained_weights), epochs=1, fine_tune_epochs=1, unfreeze_from=249,
+                       batch_size=8, fine_tune_learning_rate=1e-3)  # a large rate, so every trainable weight moves
+    result = train.run_trial(config, load_beans("synthetic", 75, per_class=4))
+    assert result.status == "ok" and result.trainable_params == 13_216_131
+    trained = built_in_trial[0]
+    fresh = build(inception(weights=str(pretrained_weights)))
+    moved, kept = [], []
+    for index, (layer, original) in enumerate(zip(trained.base.layers, fresh.base.layers)):
+        for w, w0 in zip(layer.weights, original.weights):
+            same = np.array_equal(w.numpy(), w0.numpy())
+            trainable = index >= 249 and any(w is t for t in layer.trainable_weights)
+            (moved if trainable else kept).append((f"{layer.name}/{w.name}", same))
+    assert all(same for _, same in kept), [name for name, same in kept if not same][:5]
+    assert sum(1 for name, _ in kept if "moving_" in name) == 2 * 94  # every BatchNorm's moving mean and variance kept
+    # The top 2 blocks: 18 conv kernels and 18 BatchNorm betas. At 75px their maps are 1x1 and a few branches'
+    # ReLUs are dead for these 24 images (zero gradient), so not every one of them moves; most must.
+    assert len(moved) == 2 * 18 and sum(1 for _, same in moved if not same) >= 24, [name for name, same in moved if same]
+
+
+@pytest.fixture(scope="module")
+def beans128(beans_dir):
+    return load_beans(str(beans_dir), 128)
+
+
+def test_a_pretrained_base_beats_random_init_by_a_wide_margin_on_real_beans(beans128, pretrained_weights):
+    head_only = {"model": "inception", "image_size": 128, "epochs": 20}
+    pretrained = train.run_trial({**head_only, "weights": str(pretrained_weights)}, beans128)
+    random_init = train.run_trial({**head_only, "weights": "none"}, beans128)
+    assert pretrained.test_accuracy >= 0.65, pretrained.history[-1]
+    assert pretrained.test_accuracy - random_init.test_accuracy >= 0.20, (pretrained.test_accuracy, random_init.test_accuracy)
