@@ -85,6 +85,13 @@ INCEPTION = Factor(
     "inception",
     tuple((label, {"model": "inception", "unfreeze_from": u}) for label, u in INCEPTION_VARIANTS),
 )
+# Alternatives to our fine-tuning choices (the original states neither rate nor BatchNorm handling), run beside
+# `inception` rather than changing its defaults: a 10x higher rate, and BatchNorm on batch statistics.
+FINE_TUNE_ALTERNATIVES = tuple(
+    Factor(name, tuple((f"{label}, {short}", {"model": "inception", "unfreeze_from": u, name: value})
+                       for label, u in INCEPTION_VARIANTS if u in (249, 133)))
+    for name, value, short in (("fine_tune_learning_rate", 1e-4, "rate 1e-4"), ("batchnorm", "batch", "batch statistics"))
+)
 LENET_GRID = Factor(
     "lenet_grid",
     tuple(
@@ -119,6 +126,12 @@ STUDIES: dict[str, Study] = {
             "Inception-v3 head only (frozen base): the cheap part of `inception`, e.g. at 299px on CPUs.",
             {"model": "lenet", "image_size": 299, "epochs": 20},
             (Factor("inception", INCEPTION.settings[:1]),),
+        ),
+        Study(
+            "inception-finetune",
+            "Fine-tuning alternatives for the top 2 and top 6 blocks: rate 1e-4 instead of 1e-5; BatchNorm on batch statistics.",
+            {"model": "lenet", "image_size": 299, "epochs": 20},
+            FINE_TUNE_ALTERNATIVES,
         ),
         Study(
             "smoke",
