@@ -55,6 +55,13 @@ BASELINE_LABEL = {
     "kernel_counts": lambda row: f"kernel_counts={row['kernel_counts']}",
     "regularizer": lambda row: f"regularizer={row['regularizer']}",
 }
+# What a reader must know about each kind of Inception-v3 base, keyed by the first word of weights.describe().
+BASE_NOTES = {
+    "ImageNet": "The original's base: its numbers compare directly.",
+    "random": "Its numbers check the pipeline, not transfer learning, and do not compare with the original's; "
+              "run with `--weights imagenet` (the default) where Keras can download the weights.",
+    "file": "Its rows stand beside the original's ImageNet numbers for orientation, not as a replication.",
+}
 CONVERGED_WITHIN = 0.02  # "converged": first epoch within 2 accuracy points of the trial's best validation accuracy (ours)
 
 
@@ -169,6 +176,7 @@ def summarize(trials: pd.DataFrame) -> pd.DataFrame:
             "original_test_accuracy": original if original is not None else math.nan, "original_note": note,
             "trainable_params": _first(g["trainable_params"]), "total_params": _first(g["total_params"]),
             "train_seconds": float(ok["train_seconds"].mean()) if n else math.nan,
+            "base": "; ".join(sorted(set(_bases(g)))),
         })
     frame = pd.DataFrame(groups, columns=SUMMARY_COLUMNS).astype({"trainable_params": "Int64", "total_params": "Int64"})
     if frame.empty:
@@ -181,7 +189,16 @@ def summarize(trials: pd.DataFrame) -> pd.DataFrame:
 
 SUMMARY_COLUMNS = ["factor", "setting", "model", "n", "failed", "test_accuracy", "ci95_low", "ci95_high", "std", "accuracies",
                    "best_val_accuracy", "original_test_accuracy", "original_note", "trainable_params", "total_params",
-                   "train_seconds"]
+                   "train_seconds", "base"]
+
+
+def _bases(trials: pd.DataFrame) -> list[str]:
+    """Each Inception-v3 row's base, named by beanlib.weights.describe ("" for LeNet rows)."""
+    from beanlib.weights import describe
+
+    sha = trials["weights_sha256"] if "weights_sha256" in trials else pd.Series(None, index=trials.index)
+    return [describe(w, h if isinstance(h, str) else None) if m == "inception" else ""
+            for m, w, h in zip(trials["model"], trials["weights"], sha)]
 
 
 def _first(values: pd.Series) -> int | None:
@@ -239,10 +256,8 @@ def _compose(trials, epochs, manifest, store, out: Path):
           f"options {json.dumps(manifest.get('overrides', {}))}, repeats {manifest.get('repeats')}, "
           f"images per class {manifest.get('per_class') or 'all'}. Accuracies are test-split percentages"
           + (f"; one test image is {100 / tested:.2f} points." if tested else "."))
-    if (trials["weights"] == "none").any():
-        doc.p("**Note**: Inception-v3 ran with random-init weights (`--weights none`), not ImageNet's: its numbers "
-              "check the pipeline, not transfer learning, and do not compare with the original's. "
-              "Run with `--weights imagenet` (the default) where Keras can download the weights.")
+    for base in sorted(set(_bases(trials)) - {""}):
+        doc.p(f"**Inception-v3 base**: {base}. " + BASE_NOTES[base.split(" ")[0]])
     if not extra.empty:
         doc.p(f"**Left out**: {len(extra)} trial rows are not in the run's current plan (written by an older beanlib "
               f"or other defaults): {', '.join(extra['trial_id'])}.")
@@ -301,7 +316,8 @@ def _factor_table(rows: pd.DataFrame) -> pd.DataFrame:
         "trainable": rows["trainable_params"].map(lambda v: "" if pd.isna(v) else f"{int(v):,}"),
         "total": rows["total_params"].map(lambda v: "" if pd.isna(v) else f"{int(v):,}"),
         "train s": rows["train_seconds"].map(lambda v: "" if math.isnan(v) else f"{v:.0f}"),
-    })
+        "base": rows["base"],
+    }).loc[:, lambda t: [c for c in t.columns if c != "base" or t["base"].astype(bool).any()]]
 
 
 def _pct(value: float) -> str:

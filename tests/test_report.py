@@ -49,7 +49,7 @@ def test_report_tables_match_the_sweeps_rows(smoke_run, tmp_path):
     for setting in summary["setting"]:
         assert f"| {setting} |" in markdown
     assert "one run per setting, so run-to-run noise is unknown" in markdown and "Partial report" not in markdown
-    assert "Inception-v3 ran with random-init weights" in markdown
+    assert "**Inception-v3 base**: random init (not pretrained). Its numbers check the pipeline" in markdown
     figures = sorted(p.name for p in (tmp_path / "report" / "figures").iterdir())
     assert figures == ["confusion_inception.png", "confusion_lenet.png", "curves_inception.png",
                        "curves_kernel_counts.png", "curves_kernel_size.png", "curves_regularizer.png"]
@@ -185,3 +185,23 @@ def test_rows_outside_the_current_plan_are_left_out_and_named(tmp_path):
 def _one_result(acc):
     return TrialResult("ok", [], test_accuracy=acc, best_val_accuracy=acc, per_class_accuracy=[acc] * 3,
                        confusion_matrix=[[1, 0, 0], [0, 1, 0], [0, 0, 1]], trainable_params=5, total_params=5, train_seconds=1.0)
+
+
+def test_each_inception_row_names_its_base_and_a_file_is_labelled_a_stand_in(tmp_path):
+    import hashlib
+
+    weights = tmp_path / "my_base.weights.h5"
+    weights.write_bytes(b"pretend weights")
+    store = RunStore(str(tmp_path), "filebase")
+    overrides = {"weights": str(weights), "image_size": 128}
+    store.check_manifest({"study": "inception", "data": "synthetic", "repeats": 1, "per_class": None, "overrides": overrides})
+    for spec in plan("inception", overrides=overrides):
+        store.write_trial(trial_row(spec, _one_result(0.7), status="ok", data="synthetic"), [])
+    report = build_report(str(tmp_path / "filebase"))
+    digest = hashlib.sha256(b"pretend weights").hexdigest()
+    assert set(pd.read_parquet(tmp_path / "filebase" / "trials")["weights_sha256"]) == {digest}
+    label = f"file my_base.weights.h5 (sha256 {digest[:12]}): a stand-in, not the ImageNet weights the original used"
+    assert set(report.summary["base"]) == {label}
+    markdown = (tmp_path / "filebase" / "report" / "report.md").read_text()
+    assert f"**Inception-v3 base**: {label}. Its rows stand beside the original's ImageNet numbers" in markdown
+    assert markdown.count(f"| {label} |") == 4  # the base column of the inception table, one per variant

@@ -36,6 +36,18 @@ def test_unfrozen_batchnorm_runs_in_inference_mode_when_the_model_trains(unfreez
     assert not np.allclose(batch.model(x, training=True), batch.model(x, training=False), atol=1e-3)
 
 
+def test_keras_overrides_a_recorded_training_false_which_is_why_pretrained_base_exists():
+    # The claim in beanlib/models.py: a functional model passes its call's `training` to the layers it wraps,
+    # overriding `base(x, training=False)`. If Keras stops doing so, this fails and PretrainedBase can go.
+    base = keras.applications.InceptionV3(include_top=False, weights=None, input_shape=(75, 75, 3))
+    inputs = keras.Input((75, 75, 3))
+    plain = keras.Model(inputs, base(inputs, training=False))
+    for index, layer in enumerate(base.layers):
+        layer.trainable = index >= 249
+    x = np.random.default_rng(1).normal(size=(4, 75, 75, 3)).astype(np.float32)
+    assert not np.allclose(plain(x, training=True), plain(x, training=False), atol=1e-3)
+
+
 def test_batchnorm_mode_keeps_the_original_trainable_counts():
     for mode in ("inference", "batch"):
         built = build(inception(batchnorm=mode, image_size=299))
