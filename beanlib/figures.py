@@ -71,3 +71,47 @@ def confusion(runs: pd.DataFrame, out: Path) -> Path:
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+def answer(summary: pd.DataFrame, out: Path) -> Path:
+    """The report's opening figure: per factor, each setting's mean test accuracy with its 95% interval and its
+    single runs, the original study's number as a marker beside it, and the best setting marked."""
+    factors = list(summary["factor"].drop_duplicates())
+    heights = [int((summary["factor"] == f).sum()) for f in factors]
+    fig, axes = plt.subplots(len(factors), 1, figsize=(8.5, 0.38 * sum(heights) + 0.75 * len(factors) + 0.6),
+                             gridspec_kw={"height_ratios": heights}, sharex=True, squeeze=False)
+    for ax, factor in zip(axes[:, 0], factors):
+        rows = summary[summary["factor"] == factor].reset_index(drop=True)
+        y = np.arange(len(rows))[::-1]
+        best = rows["test_accuracy"].idxmax() if rows["test_accuracy"].notna().any() else None
+        for i, row in rows.iterrows():
+            color = "tab:green" if i == best else "tab:blue"
+            ax.plot(row["accuracies"], [y[i]] * len(row["accuracies"]), "|", color="grey", ms=8, alpha=0.8)
+            if row["n"] >= 2:
+                ax.errorbar(row["test_accuracy"], y[i], xerr=[[row["test_accuracy"] - row["ci95_low"]], [row["ci95_high"] - row["test_accuracy"]]],
+                            fmt="o", color=color, capsize=3, ms=6)
+            elif row["n"] == 1:
+                ax.plot(row["test_accuracy"], y[i], "o", color=color, ms=6)
+            if not np.isnan(row["original_test_accuracy"]):
+                ax.plot(row["original_test_accuracy"], y[i], "D", color="tab:red", mfc="none", ms=7, mew=1.5)
+        labels = [f"{s} ({n})" for s, n in zip(rows["setting"], rows["n"])]
+        ax.set_yticks(y, labels, fontsize=8)
+        if best is not None:
+            ax.get_yticklabels()[best].set_fontweight("bold")
+            ax.get_yticklabels()[best].set_color("tab:green")
+        ax.set_ylim(-0.6, len(rows) - 0.4)
+        ax.set_title(factor.replace("_", " "), loc="left", fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+    axes[-1, 0].set_xlabel("test accuracy (%)")
+    handles = [
+        plt.Line2D([], [], marker="o", color="tab:blue", ls="", label="this run: mean, 95% CI"),
+        plt.Line2D([], [], marker="o", color="tab:green", ls="", label="best setting"),
+        plt.Line2D([], [], marker="|", color="grey", ls="", ms=8, label="single runs"),
+        plt.Line2D([], [], marker="D", color="tab:red", mfc="none", ls="", label="original study"),
+    ]
+    axes[0, 0].legend(handles=handles, fontsize=7, loc="lower left", bbox_to_anchor=(0, 1.12), ncol=4, frameon=False)
+    fig.tight_layout()
+    path = out / "answer.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

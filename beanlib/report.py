@@ -268,6 +268,12 @@ def _compose(trials, epochs, manifest, store, out: Path):
         doc.p(f"**Partial report**: {len(missing)} planned trials have no row yet: " + "; ".join(missing[:40])
               + (" ..." if len(missing) > 40 else ""))
 
+    doc.h(2, "The answer")
+    doc.figure(figures.answer(summary, out / "figures"),
+               "Test accuracy per setting (number of runs in brackets): mean and 95% t interval, single runs, "
+               "the original study's reported number, and each factor's best setting in green")
+    doc.p(" ".join(f"{factor.replace('_', ' ')}: {verdict(summary, factor)}." for factor in summary["factor"].drop_duplicates()))
+
     doc.h(2, "Factors, beside the original study")
     for factor in summary["factor"].drop_duplicates():
         rows = summary[summary["factor"] == factor]

@@ -51,12 +51,14 @@ def test_report_tables_match_the_sweeps_rows(smoke_run, tmp_path):
     assert "one run per setting, so run-to-run noise is unknown" in markdown and "Partial report" not in markdown
     assert "**Inception-v3 base**: random init (not pretrained). Its numbers check the pipeline" in markdown
     figures = sorted(p.name for p in (tmp_path / "report" / "figures").iterdir())
-    assert figures == ["confusion_inception.png", "confusion_lenet.png", "curves_inception.png",
+    assert figures == ["answer.png", "confusion_inception.png", "confusion_lenet.png", "curves_inception.png",
                        "curves_kernel_counts.png", "curves_kernel_size.png", "curves_regularizer.png"]
     assert all((tmp_path / "report" / "figures" / f).read_bytes()[:4] == b"\x89PNG" for f in figures)
     page = (tmp_path / "report" / "report.html").read_text()
     assert page.count("data:image/png;base64,") == len(figures) and "figures/" not in page  # self-contained
     assert report.missing == []
+    # the report opens with the answer: the summary figure comes before any table
+    assert markdown.index("](figures/answer.png)") < markdown.index("## Factors, beside the original study")
 
 
 def test_a_partial_run_gives_a_partial_report(smoke_run, tmp_path):
