@@ -67,7 +67,7 @@ class PretrainedBase(layers.Layer):
     `base(x, training=False)` recorded when the graph was built (Keras 3.15, keras/src/models/functional.py,
     operation_fn). So during `fit` an unfrozen BatchNorm would normalise with the batch's statistics and
     overwrite its moving ones. This layer takes no `training` from outside: it decides it, per BATCHNORM_MODES.
-    tests/test_models.py checks that after unfreezing, training and inference outputs are equal.
+    tests/test_weights.py checks that after unfreezing, training and inference outputs are equal.
     """
 
     def __init__(self, base: keras.Model, batchnorm: str = "inference", **kwargs):

@@ -108,6 +108,9 @@ EPOCH_SCHEMA = pa.schema(
 )
 
 
+CONTENT_CHANGED = {"data_fingerprints": "data content (fingerprint)", "weights_sha256": "weights file content (sha256)"}
+
+
 class RunStore:
     """One run's results folder (local path or URI): its manifest, trial rows and epoch rows."""
 
@@ -121,29 +124,35 @@ class RunStore:
             raise BeanlibError(f"cannot use results location {results!r} ({error}): give a local path or an s3:// / gs:// URI") from None
         self.run = run
 
-    def check_manifest(self, manifest: dict[str, Any], data_fingerprints: dict[str, str] | None = None) -> None:
+    def check_manifest(self, manifest: dict[str, Any], data_fingerprints: dict[str, str] | None = None,
+                       weights_sha256: dict[str, str] | None = None) -> None:
         """Record what this run is; refuse to mix a different study, data or options into an existing run.
 
         Only `repeats` may change: more repeats extend the run with new seeds (the finished ones are kept).
-        `data_fingerprints` (image size -> fingerprint) catch data that changed under the same source name.
+        `data_fingerprints` (image size -> fingerprint) and `weights_sha256` (weights file -> content hash) catch
+        data or a weights file that changed under the same name; entries a run has not seen yet are added.
         """
         path = f"{self.path}/run.json"
+        contents = {"data_fingerprints": data_fingerprints or {}, "weights_sha256": weights_sha256 or {}}
         existing: dict[str, Any] = {}
         if self.fs.get_file_info(path).type == pafs.FileType.File:
             with self.fs.open_input_stream(path) as f:
                 existing = json.loads(f.read())
             changed = sorted(k for k in set(existing) | set(manifest)
-                             if existing.get(k) != manifest.get(k) and k not in ("repeats", "data_fingerprints"))
-            known = existing.get("data_fingerprints", {})
-            if any(known.get(size, fp) != fp for size, fp in (data_fingerprints or {}).items()):
-                changed.append("data content (fingerprint)")
+                             if existing.get(k) != manifest.get(k) and k not in ("repeats", *contents))
+            for key, now in contents.items():
+                known = existing.get(key, {})
+                if any(known.get(name, value) != value for name, value in now.items()):
+                    changed.append(CONTENT_CHANGED[key])
             if changed:
                 raise BeanlibError(
                     f"{self.uri} already holds a run with different {', '.join(changed)}: "
                     "re-run it with the same options to resume, or pass a new --name"
                 )
             manifest = {**manifest, "repeats": max(existing.get("repeats", 1), manifest.get("repeats", 1))}
-        manifest["data_fingerprints"] = {**existing.get("data_fingerprints", {}), **(data_fingerprints or {})}
+        for key, now in contents.items():
+            if now or key in existing:
+                manifest[key] = {**existing.get(key, {}), **now}
         if manifest != existing:
             self._write_bytes(path, json.dumps(manifest, indent=1, sort_keys=True).encode())
 

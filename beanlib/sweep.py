@@ -12,20 +12,32 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import ray
 from ray import tune
 
+from beanlib.console import hide_native_logs
 from beanlib.data import load_beans
 from beanlib.errors import BeanlibError
 from beanlib.results import FINISHED, RunStore, provenance, trial_row
 from beanlib.studies import STUDIES, TrialSpec, plan
-from beanlib.weights import check_weights
+from beanlib.weights import check_weights, weights_sha256
+
+class Progress(Protocol):
+    """What the sweep tells a live display (beanlib.console.SweepConsole): trials to run, started, finished."""
+
+    def start(self, total: int, description: str) -> None: ...
+    def trial_started(self) -> None: ...
+    def trial_finished(self, failed: bool) -> None: ...
+    def stop(self) -> None: ...
+
 
 # Default share of a GPU per trial when the cluster has GPUs (ours): LeNet is small enough for two
 # per GPU; Inception-v3 fine-tuning wants a whole one.
@@ -52,6 +64,7 @@ class SweepOptions:
     max_concurrent: int | None = None
     retries: int = 1
     dry_run: bool = False
+    verbose: bool = False  # Ray Tune's status tables and the workers' output on the console
     # Tests of failure handling: "SETTING" makes that setting's trials raise; "SETTING:crash" kills
     # their worker process outright, as Ray's OOM killer or a lost node would.
     inject_fault: tuple[str, ...] = ()
@@ -77,14 +90,21 @@ class SweepSummary:
         return sum(1 for s in self.statuses.values() if s not in FINISHED)
 
 
-def run_sweep(opts: SweepOptions, out: Callable[[str], None] = print) -> SweepSummary:
-    """Plan the study, skip finished trials, run the rest on Ray Tune; returns a summary."""
+def run_sweep(opts: SweepOptions, out: Callable[[str], None] = print, progress: Progress | None = None) -> SweepSummary:
+    """Plan the study, skip finished trials, run the rest on Ray Tune; returns a summary.
+
+    `out` gets every line for the user; `progress` (beanlib.console.SweepConsole) the live count of trials.
+    """
     if opts.study not in STUDIES:
         raise BeanlibError(f"unknown study {opts.study!r}: use one of {', '.join(STUDIES)}")
     study = STUDIES[opts.study]
     per_class = opts.per_class or study.per_class
     specs = [dataclasses.replace(s, per_class=per_class) for s in plan(study, repeats=opts.repeats, overrides=opts.overrides())]
-    for weights in sorted({s.config.weights for s in specs if s.config.weights}):
+    from beanlib.train import configure_tensorflow  # here, not at the top: workers import this module before TensorFlow
+
+    configure_tensorflow(use_gpu=False)  # the driver decodes images and checks weights; GPUs are for the trials
+    bases = sorted({s.config.weights for s in specs if s.config.model == "inception"})
+    for weights in bases:
         check_weights(weights)  # a wrong weights file stops here, in one line, before any data or result is written
     store = RunStore(opts.results, opts.name or opts.study)
     done = store.finished()
@@ -97,25 +117,38 @@ def run_sweep(opts: SweepOptions, out: Callable[[str], None] = print) -> SweepSu
     source = opts.data if opts.data in ("tfds", "synthetic") or "://" in opts.data else os.path.abspath(opts.data)
     fingerprints = {str(size): d.fingerprint for size, d in data.items()}
     store.check_manifest({"study": opts.study, "data": source, "repeats": opts.repeats, "per_class": per_class,
-                          "overrides": opts.overrides()}, data_fingerprints=fingerprints)
+                          "overrides": opts.overrides()}, data_fingerprints=fingerprints,
+                         weights_sha256={w: weights_sha256(w) for w in bases if weights_sha256(w)})
     out(f"{opts.study}: {len(specs)} trials planned, {len(specs) - len(todo)} finished in {store.uri}, {len(todo)} to run")
     started = time.perf_counter()
     if todo:
-        _tune(opts, store, todo, data, out)
+        if progress is not None:
+            progress.start(len(todo), f"{opts.study}")
+        try:
+            _tune(opts, store, todo, data, out, progress)
+        finally:
+            if progress is not None:
+                progress.stop()
     statuses = store.finished()
     summary = SweepSummary(len(specs), len(todo), {s.trial_id: statuses.get(s.trial_id, "missing") for s in specs},
                            time.perf_counter() - started)
     counts = {status: list(summary.statuses.values()).count(status) for status in sorted(set(summary.statuses.values()))}
     out(f"{opts.study}: done in {summary.wall_seconds:.0f}s; trials by status: {counts}; results in {store.uri}")
+    out(f"report: python -m jobs.report --results {store.uri}")
     return summary
 
 
-def _tune(opts: SweepOptions, store: RunStore, todo: list[TrialSpec], data: dict, out: Callable[[str], None]) -> None:
+def _tune(opts: SweepOptions, store: RunStore, todo: list[TrialSpec], data: dict, out: Callable[[str], None],
+          progress: Progress | None = None) -> None:
+    if not opts.verbose:
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # Tune's older reporter: at verbose=0 it prints nothing at all
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)  # a notice per start
     if not ray.is_initialized():
-        # No address: RAY_ADDRESS (set by `ray job submit`) or else a new local Ray in this process.
-        # Workers inherit a quiet TensorFlow C++ log (level 3: fatal only) unless the user set one.
-        quiet = {"TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3")}
-        ray.init(address=opts.address, runtime_env={"env_vars": quiet}, configure_logging=False)
+        # No address: RAY_ADDRESS (set by `ray job submit`) or else a new local Ray in this process. Workers get
+        # the driver's choice of C++ log level (beanlib.console); their output reaches the console with --verbose.
+        native = {k: os.environ[k] for k in ("TF_CPP_MIN_LOG_LEVEL", "BEANLIB_SET_TF_LOG_LEVEL") if k in os.environ}
+        ray.init(address=opts.address, runtime_env={"env_vars": native}, configure_logging=False,
+                 log_to_driver=opts.verbose, logging_level=logging.INFO if opts.verbose else logging.WARNING)
     has_gpus = ray.cluster_resources().get("GPU", 0) > 0
     if not has_gpus and opts.gpus_per_trial is None and (opts.address or os.environ.get("RAY_ADDRESS")):
         out("no GPUs in the cluster right now: trials take CPUs only; on an autoscaling cluster whose GPU nodes are "
@@ -134,16 +167,45 @@ def _tune(opts: SweepOptions, store: RunStore, todo: list[TrialSpec], data: dict
     tuner = tune.Tuner(
         trainable,
         param_space={"trial_id": tune.grid_search(list(specs))},  # specs travel in `context`: a compact trial table
-        tune_config=tune.TuneConfig(max_concurrent_trials=opts.max_concurrent),
+        tune_config=tune.TuneConfig(max_concurrent_trials=opts.max_concurrent,
+                                    trial_name_creator=lambda trial: _trial_name(specs[trial.config["trial_id"]]),
+                                    trial_dirname_creator=lambda trial: trial.config["trial_id"]),
         run_config=tune.RunConfig(
             name=f"tune-{stamp}",
             storage_path=f"{store.uri}/tune",  # Tune's own experiment state lives beside the Parquet
             failure_config=tune.FailureConfig(max_failures=opts.retries),  # crashed workers, lost nodes
-            callbacks=[_WriteResults(store, specs, opts.data, context["provenance"], out)],
-            verbose=1,
+            callbacks=[_WriteResults(store, specs, opts.data, context["provenance"], out, progress)],
+            verbose=1 if opts.verbose else 0,
         ),
     )
-    tuner.fit()
+    # Under `ray job submit` the working directory is Ray's copy of the user's, which Ray may delete while the
+    # job runs (another node's runtime-env cleanup on the same machine): nothing after this point needs it.
+    cwd = _cwd()
+    os.chdir(tempfile.gettempdir())
+    try:
+        tuner.fit()
+    except Exception as error:
+        finished = store.finished()
+        if any(finished.get(trial_id) is None for trial_id in specs):
+            raise
+        out(f"warning: Ray Tune failed after the run ({type(error).__name__}: {(str(error).splitlines() or [''])[0][:200]}); "
+            "every trial has its row, so the sweep's results are complete")
+    finally:
+        if cwd and os.path.isdir(cwd):
+            os.chdir(cwd)
+
+
+def _cwd() -> str | None:
+    """The working directory, or None when it was removed already."""
+    try:
+        return os.getcwd()
+    except FileNotFoundError:
+        return None
+
+
+def _trial_name(spec: dict) -> str:
+    """Tune's name for a trial (its tables, the dashboard): the beanlib id, setting and repeat."""
+    return f"{spec['trial_id']} {spec['setting']} r{spec['repeat']}"
 
 
 def _resources(opts: SweepOptions, has_gpus: bool) -> dict[str, dict[str, float]]:
@@ -181,6 +243,7 @@ def _shared_features(todo: list[TrialSpec], data: dict, resources: dict, out: Ca
 
 
 def _compute_features(config: dict, data, cpus: float):
+    hide_native_logs()
     from beanlib.train import prepare_features
 
     return prepare_features(config, data, cpus=max(1, int(cpus)))
@@ -188,6 +251,7 @@ def _compute_features(config: dict, data, cpus: float):
 
 def _trainable(config: dict, data: dict, features: dict, context: dict) -> None:
     """One Ray Tune trial: run it (with retries), report each epoch, and hand the final row to the driver."""
+    hide_native_logs()  # before TensorFlow starts in this worker
     from beanlib.features import features_key
     from beanlib.train import run_trial
 
@@ -231,8 +295,17 @@ def _failure_status(error: BaseException | str) -> str:
 class _WriteResults(tune.Callback):
     """Driver side: writes each trial's Parquet the moment it finishes, and prints one line for it."""
 
-    def __init__(self, store: RunStore, specs: dict[str, dict], data: str, prov: dict, out: Callable[[str], None]):
-        self.store, self.specs, self.data, self.prov, self.out = store, specs, data, prov, out
+    def __init__(self, store: RunStore, specs: dict[str, dict], data: str, prov: dict, out: Callable[[str], None],
+                 progress: Progress | None = None):
+        self.store, self.specs, self.data, self.prov, self.out, self.progress = store, specs, data, prov, out, progress
+
+    def __getstate__(self):
+        """Tune pickles its callbacks with the experiment: the live display and the console stay behind."""
+        return {**self.__dict__, "out": print, "progress": None}
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        if self.progress is not None:
+            self.progress.trial_started()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if not result.get("finished"):
@@ -258,6 +331,8 @@ class _WriteResults(tune.Callback):
         self._line(row)
 
     def _line(self, row: dict) -> None:
+        if self.progress is not None:
+            self.progress.trial_finished(failed=row["status"] not in FINISHED)
         accuracy = row.get("test_accuracy")
         shown = f"{accuracy:.4f}" if isinstance(accuracy, float) else "-"
         self.out(f"trial {row['trial_id']} [{row['factor']}] {row['setting']} repeat {row['repeat']}: "

@@ -18,7 +18,7 @@ IMAGENET, RANDOM = "imagenet", "none"
 CHECK_SIZE = 75  # smallest input Inception-v3 takes: the cheapest build that loads every weight
 
 _SHA256: dict[tuple, str] = {}
-_LOADABLE: set[str] = set()  # content hashes already loaded once without complaint in this process
+_LOADABLE: set[tuple[str, str]] = set()  # (content hash, file suffix) already checked in this process
 
 
 def file_sha256(path: str) -> str:
@@ -56,8 +56,7 @@ def load_inception_base(weights: str, image_size: int):
     """keras.applications.InceptionV3(include_top=False) at `image_size` with `weights` loaded, or a one-line
     BeanlibError when a file is missing, not HDF5, truncated, or holds another architecture's weights.
 
-    Keras only warns (and keeps random values) when parts of a file match no layer: here that is an error too,
-    so a wrong file can never pass for a pretrained base.
+    Keras warns about parts of a file it cannot place before it raises; the warning is the clearer reason.
     """
     import keras
 
@@ -67,7 +66,7 @@ def load_inception_base(weights: str, image_size: int):
                            "(.weights.h5), 'imagenet' or 'none'")
     try:
         with warnings.catch_warnings():
-            warnings.filterwarnings("error", module=r"keras\.src\.saving")
+            warnings.filterwarnings("error", category=UserWarning, module=r"keras\.src\.saving")
             return keras.applications.InceptionV3(include_top=False, weights=keras_weights, input_shape=(image_size, image_size, 3))
     except (OSError, ValueError, KeyError, TypeError, UserWarning) as error:
         if weights in (IMAGENET, RANDOM):
@@ -79,15 +78,24 @@ def load_inception_base(weights: str, image_size: int):
 
 
 def check_weights(weights: str | None) -> None:
-    """Refuse, before any training, a weights file that would not load as an Inception-v3 no-top base.
+    """Refuse, before any training, a weights file that would not load as an Inception-v3 no-top base, or that
+    holds untrained weights (every BatchNorm statistic still at its initial 0 mean and 1 variance).
 
-    Loads it once at the smallest size (a few seconds); a file already loaded in this process is not checked again.
+    Loads it once at the smallest size (a few seconds); a file already checked in this process is not checked again.
     """
-    sha = weights_sha256(weights)
-    if weights in (None, IMAGENET, RANDOM) or sha in _LOADABLE:
+    if weights in (None, IMAGENET, RANDOM):
+        return
+    key = (weights_sha256(weights), "".join(os.path.basename(weights).partition(".")[1:]))  # Keras reads by suffix
+    if key in _LOADABLE:
         return
     import keras
+    import numpy as np
 
-    load_inception_base(weights, CHECK_SIZE)
+    base = load_inception_base(weights, CHECK_SIZE)
+    moving = [v for v in base.non_trainable_weights if "moving_" in v.path]
+    untrained = all(np.all(v.numpy() == (0.0 if "moving_mean" in v.path else 1.0)) for v in moving)
     keras.backend.clear_session()
-    _LOADABLE.add(weights_sha256(weights))
+    if untrained:
+        raise BeanlibError(f"{weights} holds untrained Inception-v3 weights (BatchNorm statistics at their initial "
+                           "values): pass a pretrained file, or 'none' for a random-init base")
+    _LOADABLE.add(key)

@@ -3,7 +3,7 @@
     python -m jobs.sweep --study NAME [--data tfds|PATH|synthetic] [--image-size N]
         [--epochs N] [--fine-tune-epochs N] [--repeats N] [--weights imagenet|none|PATH]
         [--results DIR] [--name RUN] [--address ADDR] [--cpus-per-trial N]
-        [--gpus-per-trial F] [--max-concurrent N] [--retries N] [--per-class N] [--dry-run]
+        [--gpus-per-trial F] [--max-concurrent N] [--retries N] [--per-class N] [--dry-run] [--verbose]
 """
 
 from __future__ import annotations
@@ -34,10 +34,14 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-concurrent", type=int, help="at most N trials at once (default: as resources allow)")
     p.add_argument("--retries", type=int, default=1, help="retries of a failed trial before it is recorded as failed (default 1)")
     p.add_argument("--dry-run", action="store_true", help="print the trial table and exit without training")
+    p.add_argument("--verbose", action="store_true", help="also show Ray Tune's status tables and the workers' output")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
+    from beanlib.console import SweepConsole, hide_native_logs
+
+    hide_native_logs()  # before anything imports TensorFlow
     args = parse(argv)
     from beanlib.errors import BeanlibError
     from beanlib.sweep import SweepOptions, run_sweep
@@ -48,7 +52,11 @@ def main(argv: list[str] | None = None) -> int:
             raise BeanlibError(f"--{flag.replace('_', '-')} must be positive, got {value}")
     if args.retries < 0 or (args.gpus_per_trial is not None and args.gpus_per_trial < 0):
         raise BeanlibError("--retries and --gpus-per-trial must not be negative")
-    summary = run_sweep(SweepOptions(**{k: v for k, v in vars(args).items()}), out=lambda line: print(line, flush=True))
+    console = SweepConsole()
+    try:
+        summary = run_sweep(SweepOptions(**vars(args)), out=console.line, progress=console)
+    finally:
+        console.stop()
     return 1 if summary.failed else 0
 
 

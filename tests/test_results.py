@@ -80,6 +80,10 @@ def test_the_same_source_name_with_other_content_is_refused(tmp_path):
     store.check_manifest({"study": "seed", "data": "synthetic"}, data_fingerprints={"64": "aaaa", "75": "bbbb"})
     with pytest.raises(BeanlibError, match=r"different data content \(fingerprint\)"):
         store.check_manifest({"study": "seed", "data": "synthetic"}, data_fingerprints={"64": "cccc"})
+    # a weights file changed under the same path: refused too; a run that recorded no hash yet learns it
+    store.check_manifest({"study": "seed", "data": "synthetic"}, weights_sha256={"/w.h5": "1111"})
+    with pytest.raises(BeanlibError, match=r"different weights file content \(sha256\)"):
+        store.check_manifest({"study": "seed", "data": "synthetic"}, weights_sha256={"/w.h5": "2222"})
 
 
 def test_more_repeats_extend_a_run(tmp_path):
