@@ -22,7 +22,8 @@ SMOKE = ["--study", "smoke", "--data", "synthetic", "--per-class", "2"]
 
 def _env(**extra) -> dict:
     env = dict(os.environ)
-    env.pop("RAY_ADDRESS", None)
+    for name in ("RAY_ADDRESS", "TF_CPP_MIN_LOG_LEVEL", "BEANLIB_SET_TF_LOG_LEVEL"):  # as a user's shell has them
+        env.pop(name, None)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # `ray` and `python` of this venv
     return {**env, **extra}
 
