@@ -40,6 +40,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "optimizer": "adam",  # not stated (ours)
     "learning_rate": 1e-3,  # not stated (ours)
     "seed": 0,
+    "early_stop": 0,  # patience in epochs on validation loss, best weights restored; 0: off (the original's fixed epochs)
 }
 FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
     "lenet": {
@@ -59,7 +60,7 @@ FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 # Fields added after results were first published: they enter a trial's id only when set away from
 # these defaults (or None, in the other family), so earlier runs keep their ids (and resume) unchanged.
-ID_NEUTRAL_DEFAULTS: dict[str, Any] = {"batchnorm": "inference"}
+ID_NEUTRAL_DEFAULTS: dict[str, Any] = {"batchnorm": "inference", "early_stop": 0}
 FAMILY_FIELDS = {family: tuple(d) for family, d in FAMILY_DEFAULTS.items()}
 ALL_FIELDS = ("model", *COMMON_DEFAULTS, *dict.fromkeys(f for d in FAMILY_DEFAULTS.values() for f in d))
 
@@ -78,6 +79,7 @@ class TrialConfig:
     optimizer: str
     learning_rate: float
     seed: int
+    early_stop: int = 0
     kernel_size: int | None = None
     kernel_counts: tuple[int, int, int] | None = None
     regularizer: str | None = None
@@ -129,6 +131,8 @@ class TrialConfig:
     def validate(self) -> None:
         """Refuse values that would fail (or silently mislead) later in training."""
         _positive_int(self, "image_size", "epochs", "batch_size")
+        if not isinstance(self.early_stop, int) or self.early_stop < 0:
+            raise BeanlibError(f"early_stop (patience in epochs) must be an integer >= 0, got {self.early_stop!r}")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise BeanlibError(f"seed must be a non-negative integer, got {self.seed!r}")
         if self.optimizer not in OPTIMIZERS:
@@ -198,7 +202,7 @@ def _normalise(values: dict[str, Any]) -> dict[str, Any]:
             raise BeanlibError(f"kernel_counts must be three positive integers, got {values['kernel_counts']!r}") from None
     if out.get("model") == "lenet" and out.get("reg_strength") is None and out.get("regularizer") in DEFAULT_STRENGTH:
         out["reg_strength"] = DEFAULT_STRENGTH[out["regularizer"]]
-    for key in ("image_size", "epochs", "batch_size", "seed", "kernel_size", "unfreeze_from", "fine_tune_epochs"):
+    for key in ("image_size", "epochs", "batch_size", "seed", "early_stop", "kernel_size", "unfreeze_from", "fine_tune_epochs"):
         if out.get(key) is not None:
             out[key] = _as_int(out[key], key)
     if out.get("feature_cache") is not None:

@@ -297,6 +297,8 @@ def _compose(trials, epochs, manifest, store, out: Path):
     doc.h(2, "Runtime")
     doc.table(_runtime_table(trials))
     doc.p(_speedup(trials))
+    if (trials["early_stop"].fillna(0) > 0).any():
+        doc.p(_early_stopping(trials))
 
     doc.h(2, "Failed and diverged trials")
     if failed.empty:
@@ -369,7 +371,19 @@ def _runtime_table(trials: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"trial": t["trial_id"], "setting": t["setting"], "repeat": t["repeat"], "status": t["status"],
                          "device": t["device"], "node": t["node"], "train s": t["train_seconds"].map(lambda v: "" if pd.isna(v) else f"{v:.1f}"),
                          "wall s": duration.map(lambda v: "" if pd.isna(v) else f"{v:.1f}"),
-                         "images/s": t["images_per_second"].map(lambda v: "" if pd.isna(v) else f"{v:.0f}")})
+                         "images/s": t["images_per_second"].map(lambda v: "" if pd.isna(v) else f"{v:.0f}"),
+                         "epochs run/planned": [f"{r:.0f}/{p:.0f}" if pd.notna(r) and pd.notna(p) else ""
+                                                for r, p in zip(t["epochs_run"], t["epochs_planned"])]})
+
+
+def _early_stopping(trials: pd.DataFrame) -> str:
+    """How many trials early stopping ended, and the share of planned epochs it saved."""
+    t = trials[(trials["early_stop"].fillna(0) > 0) & trials["epochs_planned"].notna()]
+    run, planned = int(t["epochs_run"].sum()), int(t["epochs_planned"].sum())
+    patience = ", ".join(str(int(p)) for p in sorted(t["early_stop"].unique()))
+    return (f"Early stopping (patience {patience} epochs on validation loss, best weights kept): "
+            f"{int((t['stop_reason'] == 'early_stop').sum())} of {len(t)} trials stopped early; they ran {run} of "
+            f"{planned} planned epochs, {100 * (1 - run / planned):.0f}% of the epoch compute saved.")
 
 
 def _speedup(trials: pd.DataFrame) -> str:

@@ -36,6 +36,7 @@ _CONFIG_COLUMNS = [
     ("optimizer", pa.string()),
     ("learning_rate", pa.float64()),
     ("seed", pa.int64()),
+    ("early_stop", pa.int64()),
     ("kernel_size", pa.int64()),
     ("kernel_counts", pa.string()),  # "6-16-120": groupable, and TrialConfig.from_dict reads it back
     ("regularizer", pa.string()),
@@ -77,6 +78,8 @@ TRIAL_SCHEMA = pa.schema(
         ("trainable_params", pa.int64()),
         ("total_params", pa.int64()),
         ("epochs_run", pa.int64()),
+        ("epochs_planned", pa.int64()),
+        ("stop_reason", pa.string()),  # completed, early_stop, diverged, stopped (by the caller), pruned (by ASHA)
         ("train_seconds", pa.float64()),
         ("feature_seconds", pa.float64()),
         ("images_per_second", pa.float64()),

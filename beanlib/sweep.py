@@ -63,6 +63,7 @@ class SweepOptions:
     gpus_per_trial: float | None = None
     max_concurrent: int | None = None
     retries: int = 1
+    early_stop: int | None = None  # patience in epochs (0 or None: off, the studies' fixed epochs)
     dry_run: bool = False
     verbose: bool = False  # Ray Tune's status tables and the workers' output on the console
     # Tests of failure handling: "SETTING" makes that setting's trials raise; "SETTING:crash" kills
@@ -72,7 +73,8 @@ class SweepOptions:
     def overrides(self) -> dict[str, Any]:
         # A weights file is named by its absolute path: Tune runs trials in other working directories.
         weights = os.path.abspath(self.weights) if self.weights and os.path.isfile(self.weights) else self.weights
-        values = {"image_size": self.image_size, "epochs": self.epochs, "fine_tune_epochs": self.fine_tune_epochs, "weights": weights}
+        values = {"image_size": self.image_size, "epochs": self.epochs, "fine_tune_epochs": self.fine_tune_epochs, "weights": weights,
+                  "early_stop": self.early_stop or None}
         return {k: v for k, v in values.items() if v is not None}
 
 

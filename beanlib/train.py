@@ -35,6 +35,8 @@ class TrialResult:
 
     status: str  # "ok", "diverged" (non-finite loss) or "stopped" (the epoch hook asked)
     history: list[dict] = field(default_factory=list)
+    stop_reason: str = "completed"  # or "early_stop" (some phase ran out of patience), "diverged", "stopped"
+    epochs_planned: int = 0
     train_loss: float | None = None
     train_accuracy: float | None = None
     val_loss: float | None = None
@@ -140,6 +142,8 @@ class _Trial:
         self.images_trained = 0
         self.feature_seconds = 0.0
         self.trainable_params = 0
+        self.stopped_early = False
+        self.restored: dict | None = None  # the epoch record whose weights early stopping restored, last phase
 
     def fit(self, model, phase: str, inputs: dict, epochs: int, learning_rate: float, initial_epoch: int = 0) -> None:
         """Compile `model` (always: `trainable` may have changed) and fit it for one phase."""
@@ -152,8 +156,15 @@ class _Trial:
         self.recorder.phase = phase
         train = _batches(inputs["train"], self.data.train.labels, self.config.batch_size, shuffle_seed=self.config.seed)
         val = _batches(inputs["validation"], self.data.validation.labels, self.config.batch_size)
-        model.fit(train, validation_data=val, epochs=epochs, initial_epoch=initial_epoch, callbacks=[self.recorder],
+        # Early stopping (opt-in) ends the phase after `early_stop` epochs without a better validation loss and
+        # leaves the phase's best weights in the model, stopped early or not.
+        stopper = [keras.callbacks.EarlyStopping("val_loss", patience=self.config.early_stop, restore_best_weights=True)
+                   ] if self.config.early_stop else []
+        model.fit(train, validation_data=val, epochs=epochs, initial_epoch=initial_epoch, callbacks=[self.recorder, *stopper],
                   shuffle=False, verbose=0)  # shuffled (seeded) in the pipeline
+        if stopper and self.recorder.status == "ok":
+            self.stopped_early |= stopper[0].stopped_epoch > 0
+            self.restored = next(r for r in self.recorder.history if r["phase"] == phase and r["epoch"] == stopper[0].best_epoch + 1)
         self.images_trained += len(self.data.train) * sum(1 for r in self.recorder.history if r["phase"] == phase)
         self.evaluator, self.eval_inputs = model, inputs
 
@@ -167,6 +178,8 @@ class _Trial:
         result = TrialResult(
             status=self.recorder.status,
             history=history,
+            stop_reason=self.recorder.status if self.recorder.status != "ok" else ("early_stop" if self.stopped_early else "completed"),
+            epochs_planned=self.config.epochs + (self.config.fine_tune_epochs if "fine_tune" in self.config.phases else 0),
             trainable_params=self.trainable_params,
             total_params=self.built.model.count_params(),
             train_seconds=train_seconds,
@@ -175,7 +188,7 @@ class _Trial:
             data_fingerprint=self.data.fingerprint,
         )
         if history:
-            last = history[-1]
+            last = self.restored or history[-1]  # the epoch whose weights the trial ends with
             best = max(history, key=lambda r: r["val_accuracy"])
             result.train_loss, result.train_accuracy = last["loss"], last["accuracy"]
             result.val_loss, result.val_accuracy = last["val_loss"], last["val_accuracy"]
@@ -218,8 +231,8 @@ def _run_inception(trial: _Trial, features) -> None:
         trial.fit(built.model, "head", trial.images, c.epochs, c.learning_rate)
     if "fine_tune" in c.phases and trial.go_on:
         set_unfrozen(built, c.unfreeze_from)
-        end = c.epochs + c.fine_tune_epochs
-        trial.fit(built.model, "fine_tune", trial.images, end, c.fine_tune_learning_rate, initial_epoch=c.epochs)
+        done = len(trial.recorder.history)  # fewer than c.epochs when early stopping ended the head phase
+        trial.fit(built.model, "fine_tune", trial.images, done + c.fine_tune_epochs, c.fine_tune_learning_rate, initial_epoch=done)
 
 
 PHASE_RUNNERS = {"lenet": _run_lenet, "inception": _run_inception}

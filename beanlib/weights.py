@@ -49,7 +49,7 @@ def describe(weights: str | None, sha256: str | None) -> str:
         return "random init (not pretrained)"
     name = os.path.basename(str(weights))
     digest = f"sha256 {sha256[:12]}" if sha256 else "content hash unknown"
-    return f"file {name} ({digest}): a stand-in, not the ImageNet weights the original used"
+    return f"file {name} ({digest}): a stand-in for ImageNet's weights"
 
 
 def load_inception_base(weights: str, image_size: int):

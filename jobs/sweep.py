@@ -3,7 +3,8 @@
     python -m jobs.sweep --study NAME [--data tfds|PATH|synthetic] [--image-size N]
         [--epochs N] [--fine-tune-epochs N] [--repeats N] [--weights imagenet|none|PATH]
         [--results DIR] [--name RUN] [--address ADDR] [--cpus-per-trial N]
-        [--gpus-per-trial F] [--max-concurrent N] [--retries N] [--per-class N] [--dry-run] [--verbose]
+        [--gpus-per-trial F] [--max-concurrent N] [--retries N] [--per-class N] [--early-stop PATIENCE]
+        [--dry-run] [--verbose]
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
     p.add_argument("--gpus-per-trial", type=float, help="GPU share per trial (default on GPU clusters: LeNet 0.5, Inception 1)")
     p.add_argument("--max-concurrent", type=int, help="at most N trials at once (default: as resources allow)")
+    p.add_argument("--early-stop", type=int, metavar="PATIENCE",
+                   help="stop a trial's phase after PATIENCE epochs without a better validation loss, keeping its best "
+                        "weights (default: off, the study's fixed epochs)")
     p.add_argument("--retries", type=int, default=1, help="retries of a failed trial before it is recorded as failed (default 1)")
     p.add_argument("--dry-run", action="store_true", help="print the trial table and exit without training")
     p.add_argument("--verbose", action="store_true", help="also show Ray Tune's status tables and the workers' output")
@@ -50,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         value = getattr(args, flag)
         if value is not None and value <= 0:
             raise BeanlibError(f"--{flag.replace('_', '-')} must be positive, got {value}")
+    if args.early_stop is not None and args.early_stop < 0:
+        raise BeanlibError(f"--early-stop must be a number of epochs >= 0, got {args.early_stop}")
     if args.retries < 0 or (args.gpus_per_trial is not None and args.gpus_per_trial < 0):
         raise BeanlibError("--retries and --gpus-per-trial must not be negative")
     console = SweepConsole()

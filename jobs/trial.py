@@ -28,6 +28,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from beanlib.console import hide_native_logs
+
+    hide_native_logs()  # before anything imports TensorFlow
     args = parse(argv)
     from beanlib.config import TrialConfig
     from beanlib.errors import BeanlibError

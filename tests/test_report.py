@@ -202,8 +202,26 @@ def test_each_inception_row_names_its_base_and_a_file_is_labelled_a_stand_in(tmp
     report = build_report(str(tmp_path / "filebase"))
     digest = hashlib.sha256(b"pretend weights").hexdigest()
     assert set(pd.read_parquet(tmp_path / "filebase" / "trials")["weights_sha256"]) == {digest}
-    label = f"file my_base.weights.h5 (sha256 {digest[:12]}): a stand-in, not the ImageNet weights the original used"
+    label = f"file my_base.weights.h5 (sha256 {digest[:12]}): a stand-in for ImageNet's weights"
     assert set(report.summary["base"]) == {label}
     markdown = (tmp_path / "filebase" / "report" / "report.md").read_text()
     assert f"**Inception-v3 base**: {label}. Its rows stand beside the original's ImageNet numbers" in markdown
     assert markdown.count(f"| {label} |") == 4  # the base column of the inception table, one per variant
+
+
+def test_early_stopping_shows_epochs_run_against_planned_and_the_compute_saved(tmp_path):
+    store = RunStore(str(tmp_path), "early")
+    overrides = {"early_stop": 3, "epochs": 20}
+    store.check_manifest({"study": "lenet-full", "data": "synthetic", "repeats": 1, "per_class": None, "overrides": overrides})
+    specs = plan("lenet-full", overrides=overrides)[:4]
+    for spec, run in zip(specs, (8, 10, 20, 6)):  # three stopped early, one ran its 20 epochs
+        result = _one_result(0.7)
+        result.history = [{"phase": "train", "epoch": e, "loss": 1.0, "accuracy": 0.7, "val_loss": 1.0,
+                           "val_accuracy": 0.7, "seconds": 1.0} for e in range(1, run + 1)]
+        result.epochs_planned, result.stop_reason = 20, "early_stop" if run < 20 else "completed"
+        store.write_trial(trial_row(spec, result, status="ok", data="synthetic"), result.history)
+    build_report(str(tmp_path / "early"))
+    markdown = (tmp_path / "early" / "report" / "report.md").read_text()
+    assert ("Early stopping (patience 3 epochs on validation loss, best weights kept): 3 of 4 trials stopped early; "
+            "they ran 44 of 80 planned epochs, 45% of the epoch compute saved.") in markdown
+    assert "| 8/20 |" in markdown and "| 20/20 |" in markdown

@@ -77,6 +77,31 @@ def test_epoch_hook_sees_every_epoch_and_can_stop(tiny_synthetic):
     assert result.status == "stopped" and [r["epoch"] for r in seen] == [1, 2] and len(result.history) == 2
 
 
+def test_early_stopping_stops_and_ends_with_the_best_weights(tiny_synthetic):
+    # validate on the test split: the test loss of the weights the trial ends with must be the best val_loss seen
+    data = type(tiny_synthetic)(tiny_synthetic.train, tiny_synthetic.test, tiny_synthetic.test, 32, "synthetic", "x")
+    result = run_trial(lenet_config(epochs=40, learning_rate=1e-2, early_stop=2), data)
+    assert result.status == "ok" and result.stop_reason == "early_stop" and result.epochs_planned == 40
+    assert len(result.history) < 40
+    best = min(result.history, key=lambda r: r["val_loss"])
+    assert result.history[-1]["epoch"] == best["epoch"] + 2  # two epochs without a better validation loss
+    assert result.test_loss == pytest.approx(best["val_loss"], rel=1e-4)  # the best epoch's weights, not the last
+    assert result.val_loss == best["val_loss"] and result.train_loss == best["loss"]
+
+
+def test_inception_early_stops_each_phase_and_counts_epochs_on(small75):
+    result = run_trial(inception_config(epochs=30, learning_rate=1e-2, unfreeze_from=249, fine_tune_epochs=1, early_stop=1), small75)
+    phases = [r["phase"] for r in result.history]
+    assert result.stop_reason == "early_stop" and phases.count("head") < 30 and phases[-1] == "fine_tune"
+    assert [r["epoch"] for r in result.history] == list(range(1, len(result.history) + 1))
+    assert result.epochs_planned == 31
+
+
+def test_without_early_stopping_every_planned_epoch_runs(tiny_synthetic):
+    result = run_trial(lenet_config(epochs=3), tiny_synthetic)
+    assert (result.stop_reason, result.epochs_planned, len(result.history)) == ("completed", 3, 3)
+
+
 def test_config_and_data_size_must_agree(tiny_synthetic):
     with pytest.raises(ValueError, match="prepared at 32px but the config asks for 64px"):
         run_trial(lenet_config(image_size=64), tiny_synthetic)
