@@ -122,6 +122,11 @@ class TrialConfig:
         return {k: v for k, v in self.to_dict().items() if k not in ID_NEUTRAL_DEFAULTS or v not in (None, ID_NEUTRAL_DEFAULTS[k])}
 
     @property
+    def planned_epochs(self) -> int:
+        """Epochs the trial runs when nothing stops it early, over all its phases."""
+        return self.epochs + (self.fine_tune_epochs if "fine_tune" in self.phases else 0)
+
+    @property
     def phases(self) -> tuple[str, ...]:
         """The training phases this trial runs, in order."""
         if self.model == "inception" and self.unfreeze_from is not None and self.fine_tune_epochs:

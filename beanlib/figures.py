@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from beanlib.config import CLASS_NAMES  # noqa: E402
-from beanlib.results import FINISHED  # noqa: E402
+from beanlib.results import RAN_IN_FULL  # noqa: E402
 
 
 def learning_curves(epochs: pd.DataFrame, rows: pd.DataFrame, factor: str, labels: list[str], out: Path) -> Path:
@@ -21,7 +21,7 @@ def learning_curves(epochs: pd.DataFrame, rows: pd.DataFrame, factor: str, label
 
     Inception-v3's switch from the head phase to fine-tuning is marked with a vertical line.
     """
-    settings = rows[(rows["factor"] == factor) & rows["status"].isin(FINISHED)].drop_duplicates("trial_id")
+    settings = rows[(rows["factor"] == factor) & rows["status"].isin(RAN_IN_FULL)].drop_duplicates("trial_id")
     fig, axes = plt.subplots(len(labels), 2, figsize=(10, 2.4 * len(labels) + 0.6), squeeze=False, sharex=True)
     for (acc_ax, loss_ax), label in zip(axes, labels):
         ids = settings[settings["label"] == label]["trial_id"]

@@ -22,7 +22,7 @@ import pandas as pd
 
 from beanlib.config import CLASS_NAMES
 from beanlib.errors import BeanlibError
-from beanlib.results import FINISHED, RunStore
+from beanlib.results import RAN_IN_FULL, RunStore
 
 # SEED_STUDY.md's reported test accuracy (percent) per factor setting, and what else it said.
 ORIGINAL: dict[str, dict[str, tuple[float | None, str]]] = {
@@ -162,14 +162,15 @@ def summarize(trials: pd.DataFrame) -> pd.DataFrame:
 
     groups = []
     for (factor, label), g in by_factor(trials).groupby(["factor", "label"], sort=False):
-        ok = g[g["status"].isin(FINISHED) & g["test_accuracy"].notna()]
+        ok = g[g["status"].isin(RAN_IN_FULL) & g["test_accuracy"].notna()]
         acc = 100 * ok["test_accuracy"].to_numpy(dtype=float)
         n = len(acc)
         mean = float(acc.mean()) if n else math.nan
         half = float(stats.t.ppf(0.975, n - 1) * acc.std(ddof=1) / math.sqrt(n)) if n >= 2 else math.nan
         original, note = ORIGINAL.get(factor, {}).get(label, (None, ""))
         groups.append({
-            "factor": factor, "setting": label, "model": g["model"].iloc[0], "n": n, "failed": len(g) - n,
+            "factor": factor, "setting": label, "model": g["model"].iloc[0], "n": n, "pruned": int((g["status"] == "pruned").sum()),
+            "failed": int(len(g) - n - (g["status"] == "pruned").sum()),
             "test_accuracy": mean, "ci95_low": mean - half, "ci95_high": mean + half,
             "std": float(acc.std(ddof=1)) if n >= 2 else math.nan, "accuracies": acc.tolist(),
             "best_val_accuracy": float(100 * ok["best_val_accuracy"].mean()) if n else math.nan,
@@ -187,7 +188,7 @@ def summarize(trials: pd.DataFrame) -> pd.DataFrame:
     return frame.assign(_key=key).sort_values(["_key", "setting"]).drop(columns="_key").reset_index(drop=True)
 
 
-SUMMARY_COLUMNS = ["factor", "setting", "model", "n", "failed", "test_accuracy", "ci95_low", "ci95_high", "std", "accuracies",
+SUMMARY_COLUMNS = ["factor", "setting", "model", "n", "pruned", "failed", "test_accuracy", "ci95_low", "ci95_high", "std", "accuracies",
                    "best_val_accuracy", "original_test_accuracy", "original_note", "trainable_params", "total_params",
                    "train_seconds", "base"]
 
@@ -248,11 +249,12 @@ def _compose(trials, epochs, manifest, store, out: Path):
     trials = trials.drop(extra.index)  # rows from an older plan (changed defaults) would mix two experiments
     summary = summarize(trials)
     missing = [label for trial_id, label in (planned or {}).items() if trial_id not in set(trials["trial_id"])]
-    failed = trials[~trials["status"].isin(("ok",))]
+    failed = trials[~trials["status"].isin(("ok", "pruned"))]
+    pruned = trials[trials["status"] == "pruned"]
     tested = int(trials["confusion_matrix"].dropna().map(lambda m: sum(map(sum, m))).max() or 0) if trials["confusion_matrix"].notna().any() else 0
     doc.h(1, f"beanlib report: run `{store.run}` (study `{manifest.get('study')}`)")
     doc.p(f"Data `{manifest.get('data')}`; {len(trials)} trial rows, "
-          f"{int(trials['status'].isin(FINISHED).sum())} finished, {len(failed)} failed or diverged; "
+          f"{int(trials['status'].isin(RAN_IN_FULL).sum())} ran in full, {len(pruned)} pruned, {len(failed)} failed or diverged; "
           f"options {json.dumps(manifest.get('overrides', {}))}, repeats {manifest.get('repeats')}, "
           f"images per class {manifest.get('per_class') or 'all'}. Accuracies are test-split percentages"
           + (f"; one test image is {100 / tested:.2f} points." if tested else "."))
@@ -300,6 +302,14 @@ def _compose(trials, epochs, manifest, store, out: Path):
     if (trials["early_stop"].fillna(0) > 0).any():
         doc.p(_early_stopping(trials))
 
+    if not pruned.empty:
+        doc.h(2, "Pruned trials")
+        doc.p(f"ASHA stopped {len(pruned)} trials part-way for trailing validation accuracy. They are listed here and "
+              "left out of every mean, interval and verdict above, which come only from trials that ran in full.")
+        doc.table(pd.DataFrame({"trial": pruned["trial_id"], "setting": pruned["setting"], "repeat": pruned["repeat"],
+                                "epochs run/planned": [f"{r:.0f}/{p:.0f}" for r, p in zip(pruned["epochs_run"], pruned["epochs_planned"])],
+                                "val acc % at the stop": (100 * pruned["val_accuracy"]).map(_pct)}))
+
     doc.h(2, "Failed and diverged trials")
     if failed.empty:
         doc.p("None.")
@@ -317,6 +327,7 @@ def _factor_table(rows: pd.DataFrame) -> pd.DataFrame:
         "test acc %": rows["test_accuracy"].map(_pct),
         "95% CI": [interval(r) for _, r in rows.iterrows()],
         "n": rows["n"],
+        "pruned": rows["pruned"],
         "failed": rows["failed"],
         "original %": [note if math.isnan(v) else f"{v:g}" + (f" ({note})" if note else "")
                        for v, note in zip(rows["original_test_accuracy"], rows["original_note"])],
@@ -325,7 +336,7 @@ def _factor_table(rows: pd.DataFrame) -> pd.DataFrame:
         "total": rows["total_params"].map(lambda v: "" if pd.isna(v) else f"{int(v):,}"),
         "train s": rows["train_seconds"].map(lambda v: "" if math.isnan(v) else f"{v:.0f}"),
         "base": rows["base"],
-    }).loc[:, lambda t: [c for c in t.columns if c != "base" or t["base"].astype(bool).any()]]
+    }).loc[:, lambda t: [c for c in t.columns if c not in ("base", "pruned") or t[c].astype(bool).any()]]
 
 
 def _pct(value: float) -> str:
@@ -333,7 +344,7 @@ def _pct(value: float) -> str:
 
 
 def _with_accuracy(trials: pd.DataFrame, model: str) -> pd.DataFrame:
-    return trials[(trials["model"] == model) & trials["status"].isin(FINISHED) & trials["test_accuracy"].notna()]
+    return trials[(trials["model"] == model) & trials["status"].isin(RAN_IN_FULL) & trials["test_accuracy"].notna()]
 
 
 def best_setting(trials: pd.DataFrame, model: str) -> pd.DataFrame:

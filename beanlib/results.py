@@ -26,7 +26,8 @@ import pyarrow.parquet as pq
 from beanlib.errors import BeanlibError
 from beanlib.weights import weights_sha256
 
-FINISHED = ("ok", "diverged")  # statuses a re-run keeps; "error", "oom" and "stopped" trials run again
+FINISHED = ("ok", "diverged", "pruned")  # statuses a re-run keeps; "error", "oom" and "stopped" trials run again
+RAN_IN_FULL = ("ok", "diverged")  # the report's statistics come from these; a pruned trial stopped part-way
 
 _CONFIG_COLUMNS = [
     ("model", pa.string()),
@@ -62,7 +63,7 @@ TRIAL_SCHEMA = pa.schema(
         ("weights_sha256", pa.string()),  # content hash of a weights file; null for imagenet, none and LeNet
         ("data", pa.string()),
         ("per_class", pa.int64()),
-        ("status", pa.string()),  # ok, diverged, error, oom
+        ("status", pa.string()),  # ok, diverged, pruned (by ASHA), error, oom
         ("error", pa.string()),
         ("attempts", pa.int64()),
         ("train_loss", pa.float64()),

@@ -64,6 +64,7 @@ class SweepOptions:
     max_concurrent: int | None = None
     retries: int = 1
     early_stop: int | None = None  # patience in epochs (0 or None: off, the studies' fixed epochs)
+    scheduler: str = "fifo"  # a key of SCHEDULERS
     dry_run: bool = False
     verbose: bool = False  # Ray Tune's status tables and the workers' output on the console
     # Tests of failure handling: "SETTING" makes that setting's trials raise; "SETTING:crash" kills
@@ -118,8 +119,9 @@ def run_sweep(opts: SweepOptions, out: Callable[[str], None] = print, progress: 
     data = {size: load_beans(opts.data, size, per_class) for size in sorted({s.config.image_size for s in todo})}
     source = opts.data if opts.data in ("tfds", "synthetic") or "://" in opts.data else os.path.abspath(opts.data)
     fingerprints = {str(size): d.fingerprint for size, d in data.items()}
+    scheduler = {"scheduler": opts.scheduler} if opts.scheduler != "fifo" else {}  # (older runs have no such key)
     store.check_manifest({"study": opts.study, "data": source, "repeats": opts.repeats, "per_class": per_class,
-                          "overrides": opts.overrides()}, data_fingerprints=fingerprints,
+                          "overrides": opts.overrides(), **scheduler}, data_fingerprints=fingerprints,
                          weights_sha256={w: weights_sha256(w) for w in bases if weights_sha256(w)})
     out(f"{opts.study}: {len(specs)} trials planned, {len(specs) - len(todo)} finished in {store.uri}, {len(todo)} to run")
     started = time.perf_counter()
@@ -169,7 +171,7 @@ def _tune(opts: SweepOptions, store: RunStore, todo: list[TrialSpec], data: dict
     tuner = tune.Tuner(
         trainable,
         param_space={"trial_id": tune.grid_search(list(specs))},  # specs travel in `context`: a compact trial table
-        tune_config=tune.TuneConfig(max_concurrent_trials=opts.max_concurrent,
+        tune_config=tune.TuneConfig(max_concurrent_trials=opts.max_concurrent, scheduler=SCHEDULERS[opts.scheduler](todo),
                                     trial_name_creator=lambda trial: _trial_name(specs[trial.config["trial_id"]]),
                                     trial_dirname_creator=lambda trial: trial.config["trial_id"]),
         run_config=tune.RunConfig(
@@ -203,6 +205,23 @@ def _cwd() -> str | None:
         return os.getcwd()
     except FileNotFoundError:
         return None
+
+
+# ASHA's first rung (ours): two epochs, so that one noisy first epoch does not decide; a third survives each rung.
+ASHA_GRACE_EPOCHS, ASHA_REDUCTION = 2, 3
+
+
+def _asha(todo: list[TrialSpec]):
+    """Ray Tune's ASHA on validation accuracy, by epoch (counted across Inception's phases)."""
+    from ray.tune.schedulers import ASHAScheduler
+
+    # max_t past the last epoch: ASHA stops a trial that reaches max_t, and the trial's last report (its row,
+    # after the test evaluation) comes after its last epoch.
+    return ASHAScheduler(time_attr="epoch", metric="val_accuracy", mode="max", grace_period=ASHA_GRACE_EPOCHS,
+                         reduction_factor=ASHA_REDUCTION, max_t=max(s.config.planned_epochs for s in todo) + 1)
+
+
+SCHEDULERS: dict[str, Callable[[list[TrialSpec]], Any]] = {"fifo": lambda todo: None, "asha": _asha}
 
 
 def _trial_name(spec: dict) -> str:
@@ -281,7 +300,9 @@ def _trainable(config: dict, data: dict, features: dict, context: dict) -> None:
             status, error, result = _failure_status(exc), f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:500]}", None
     row = trial_row(spec, result, status=status, error=error, attempts=attempts, data=context["data"], node=node,
                     device=device, start_time=start, end_time=datetime.now(timezone.utc), provenance=context["provenance"])
+    last = result.history[-1] if result and result.history else {"epoch": 0, "val_accuracy": 0.0}  # for a scheduler
     tune.report({"finished": 1, "status": status, "test_accuracy": row.get("test_accuracy"),
+                 "epoch": last["epoch"], "val_accuracy": last["val_accuracy"],
                  "beanlib_row": json.dumps(row, default=str), "beanlib_epochs": json.dumps(result.history if result else [])})
 
 
@@ -300,6 +321,8 @@ class _WriteResults(tune.Callback):
     def __init__(self, store: RunStore, specs: dict[str, dict], data: str, prov: dict, out: Callable[[str], None],
                  progress: Progress | None = None):
         self.store, self.specs, self.data, self.prov, self.out, self.progress = store, specs, data, prov, out, progress
+        self.epochs: dict[str, list[dict]] = {}  # trial id -> epochs reported so far (a pruned trial's history)
+        self.written: set[str] = set()
 
     def __getstate__(self):
         """Tune pickles its callbacks with the experiment: the live display and the console stay behind."""
@@ -310,12 +333,32 @@ class _WriteResults(tune.Callback):
             self.progress.trial_started()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        trial_id = trial.config["trial_id"]
         if not result.get("finished"):
+            record = {k: result[k] for k in ("phase", "epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds")}
+            history = [] if record["epoch"] == 1 else self.epochs.get(trial_id, [])  # epoch 1: a new attempt
+            self.epochs[trial_id] = [*history, record]
             return
+        self.written.add(trial_id)
         row = json.loads(result["beanlib_row"])
         for key in ("start_time", "end_time"):
             row[key] = datetime.fromisoformat(row[key])
         self.store.write_trial(row, json.loads(result["beanlib_epochs"]))
+        self._line(row)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        """A trial that ended without its row was stopped by the scheduler: record it as pruned, with its epochs."""
+        trial_id = trial.config["trial_id"]
+        if trial_id in self.written:
+            return
+        from beanlib.train import TrialResult
+
+        spec = TrialSpec.from_dict(self.specs[trial_id])
+        history = self.epochs.get(trial_id, [])
+        result = TrialResult("pruned", history, stop_reason="pruned", epochs_planned=spec.config.planned_epochs).summarize_history()
+        row = trial_row(spec, result, status="pruned", data=self.data, provenance=self.prov, end_time=datetime.now(timezone.utc))
+        self.store.write_trial(row, history)
+        self.written.add(trial_id)
         self._line(row)
 
     def on_trial_error(self, iteration, trials, trial, **info):

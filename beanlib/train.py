@@ -58,6 +58,17 @@ class TrialResult:
         """The result as a plain dict."""
         return dataclasses.asdict(self)
 
+    def summarize_history(self, final: dict | None = None) -> "TrialResult":
+        """Fill the train and validation metrics from the history: those of epoch record `final` (default: the
+        last epoch), and the best validation accuracy with its epoch. Returns self."""
+        if self.history:
+            last = final or self.history[-1]
+            best = max(self.history, key=lambda r: r["val_accuracy"])
+            self.train_loss, self.train_accuracy = last["loss"], last["accuracy"]
+            self.val_loss, self.val_accuracy = last["val_loss"], last["val_accuracy"]
+            self.best_val_accuracy, self.best_epoch = best["val_accuracy"], best["epoch"]
+        return self
+
 
 def configure_tensorflow(cpus: int | None = None, use_gpu: bool = True) -> None:
     """Confine TensorFlow to this trial's share: GPU memory growth, CPU thread pools of `cpus` threads,
@@ -179,20 +190,14 @@ class _Trial:
             status=self.recorder.status,
             history=history,
             stop_reason=self.recorder.status if self.recorder.status != "ok" else ("early_stop" if self.stopped_early else "completed"),
-            epochs_planned=self.config.epochs + (self.config.fine_tune_epochs if "fine_tune" in self.config.phases else 0),
+            epochs_planned=self.config.planned_epochs,
             trainable_params=self.trainable_params,
             total_params=self.built.model.count_params(),
             train_seconds=train_seconds,
             feature_seconds=self.feature_seconds,
             images_per_second=self.images_trained / train_seconds if train_seconds else 0.0,
             data_fingerprint=self.data.fingerprint,
-        )
-        if history:
-            last = self.restored or history[-1]  # the epoch whose weights the trial ends with
-            best = max(history, key=lambda r: r["val_accuracy"])
-            result.train_loss, result.train_accuracy = last["loss"], last["accuracy"]
-            result.val_loss, result.val_accuracy = last["val_loss"], last["val_accuracy"]
-            result.best_val_accuracy, result.best_epoch = best["val_accuracy"], best["epoch"]
+        ).summarize_history(self.restored)  # restored: the epoch whose weights the trial ends with
         if self.recorder.status != "diverged":  # NaN weights predict nothing worth recording
             self._evaluate(result)
         return result

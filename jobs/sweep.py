@@ -4,7 +4,7 @@
         [--epochs N] [--fine-tune-epochs N] [--repeats N] [--weights imagenet|none|PATH]
         [--results DIR] [--name RUN] [--address ADDR] [--cpus-per-trial N]
         [--gpus-per-trial F] [--max-concurrent N] [--retries N] [--per-class N] [--early-stop PATIENCE]
-        [--dry-run] [--verbose]
+        [--scheduler fifo|asha] [--dry-run] [--verbose]
 """
 
 from __future__ import annotations
@@ -36,6 +36,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--early-stop", type=int, metavar="PATIENCE",
                    help="stop a trial's phase after PATIENCE epochs without a better validation loss, keeping its best "
                         "weights (default: off, the study's fixed epochs)")
+    p.add_argument("--scheduler", choices=["fifo", "asha"], default="fifo",
+                   help="asha: Ray Tune's ASHA stops trials whose validation accuracy trails at epochs 2, 6, 18, ... "
+                        "(recorded as pruned); fifo (default): every trial runs in full")
     p.add_argument("--retries", type=int, default=1, help="retries of a failed trial before it is recorded as failed (default 1)")
     p.add_argument("--dry-run", action="store_true", help="print the trial table and exit without training")
     p.add_argument("--verbose", action="store_true", help="also show Ray Tune's status tables and the workers' output")

@@ -225,3 +225,22 @@ def test_early_stopping_shows_epochs_run_against_planned_and_the_compute_saved(t
     assert ("Early stopping (patience 3 epochs on validation loss, best weights kept): 3 of 4 trials stopped early; "
             "they ran 44 of 80 planned epochs, 45% of the epoch compute saved.") in markdown
     assert "| 8/20 |" in markdown and "| 20/20 |" in markdown
+
+
+def test_pruned_trials_are_listed_apart_and_left_out_of_the_statistics(tmp_path):
+    store = RunStore(str(tmp_path), "asha")
+    store.check_manifest({"study": "seed", "data": "synthetic", "repeats": 3, "per_class": None, "overrides": {}})
+    for spec in (s for s in plan("seed", repeats=3) if s.setting in ("kernel_size=3", "kernel_size=7")):
+        if spec.setting == "kernel_size=7" and spec.repeat == 2:
+            history = [{"phase": "train", "epoch": e, "loss": 1.0, "accuracy": 0.4, "val_loss": 1.0, "val_accuracy": 0.35,
+                        "seconds": 1.0} for e in (1, 2)]
+            result = TrialResult("pruned", history, stop_reason="pruned", epochs_planned=20).summarize_history()
+            store.write_trial(trial_row(spec, result, status="pruned", data="synthetic"), history)
+        else:
+            store.write_trial(trial_row(spec, _one_result(0.7 + 0.01 * spec.repeat), status="ok", data="synthetic"), [])
+    report = build_report(str(tmp_path / "asha"))
+    k7 = report.summary.set_index("setting").loc["kernel_size=7"]
+    assert (k7["n"], k7["pruned"], k7["failed"]) == (2, 1, 0) and k7["test_accuracy"] == pytest.approx(70.5)
+    markdown = (tmp_path / "asha" / "report" / "report.md").read_text()
+    assert "## Pruned trials" in markdown and "left out of every mean, interval and verdict" in markdown
+    assert "| 2/20 | 35.0 |" in markdown and "| oom |" not in markdown
