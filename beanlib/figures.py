@@ -44,11 +44,7 @@ def learning_curves(epochs: pd.DataFrame, rows: pd.DataFrame, factor: str, label
     axes[0][0].legend(fontsize=7, loc="lower right")
     for ax in axes[-1]:
         ax.set_xlabel("epoch")
-    fig.tight_layout()
-    path = out / f"curves_{factor}.png"
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(fig, out / f"curves_{factor}.png")
 
 
 def confusion(runs: pd.DataFrame, out: Path) -> Path:
@@ -66,11 +62,7 @@ def confusion(runs: pd.DataFrame, out: Path) -> Path:
     ax.set_ylabel("true")
     ax.set_title(f"{first['model']} {first['setting']}: test {100 * runs['test_accuracy'].mean():.1f}% "
                  f"(n={len(runs)})", fontsize=9)
-    fig.tight_layout()
-    path = out / f"confusion_{first['model']}.png"
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(fig, out / f"confusion_{first['model']}.png")
 
 
 def answer(summary: pd.DataFrame, out: Path) -> Path:
@@ -110,8 +102,12 @@ def answer(summary: pd.DataFrame, out: Path) -> Path:
         plt.Line2D([], [], marker="D", color="tab:red", mfc="none", ls="", label="original study"),
     ]
     axes[0, 0].legend(handles=handles, fontsize=7, loc="lower left", bbox_to_anchor=(0, 1.12), ncol=4, frameon=False)
+    return _save(fig, out / "answer.png", dpi=100)
+
+
+def _save(fig, path: Path, dpi: int = 90) -> Path:
+    """Lay out, write and close a figure; returns its path."""
     fig.tight_layout()
-    path = out / "answer.png"
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
