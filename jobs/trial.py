@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
             raise BeanlibError(f"--set {item!r} is not FIELD=VALUE: write e.g. --set kernel_size=3")
         values[name] = None if value.lower() == "none" and name == "unfreeze_from" else value
     config = TrialConfig.from_dict(values)  # refuse bad input before loading any data
+    from beanlib.weights import check_weights
+
+    check_weights(config.weights)  # a weights file that is not a trained Inception-v3 base, too
     from beanlib.data import load_beans
     from beanlib.train import configure_tensorflow, run_trial
 
