@@ -107,7 +107,14 @@ def test_config_and_data_size_must_agree(tiny_synthetic):
         run_trial(lenet_config(image_size=64), tiny_synthetic)
 
 
-def test_inception_runs_head_then_fine_tune_from_the_head_weights(small75):
+@pytest.fixture
+def fresh_feature_cache(tmp_path, monkeypatch):
+    """No features memoized or on disk: the next Inception trial computes its own (tests share the cache)."""
+    monkeypatch.setenv("BEANLIB_CACHE", str(tmp_path))
+    FEATURE_MEMO.clear()
+
+
+def test_inception_runs_head_then_fine_tune_from_the_head_weights(small75, fresh_feature_cache):
     result = run_trial(inception_config(unfreeze_from=249, fine_tune_epochs=1), small75)
     assert result.status == "ok"
     assert [(r["phase"], r["epoch"]) for r in result.history] == [("head", 1), ("head", 2), ("fine_tune", 3)]
@@ -129,8 +136,7 @@ def test_cached_features_phase1_matches_whole_model_phase1(small75):
     assert cached.trainable_params == whole.trainable_params == 2_101_251
 
 
-def test_features_are_computed_once_per_weights_size_and_data(small75):
-    FEATURE_MEMO.clear()
+def test_features_are_computed_once_per_weights_size_and_data(small75, fresh_feature_cache):
     first = run_trial(inception_config(seed=5, epochs=1), small75)
     again = run_trial(inception_config(seed=5, epochs=1, learning_rate=1e-2), small75)
     assert first.feature_seconds > 0 and again.feature_seconds == 0  # reused, not recomputed
