@@ -85,11 +85,16 @@ INCEPTION = Factor(
     "inception",
     tuple((label, {"model": "inception", "unfreeze_from": u}) for label, u in INCEPTION_VARIANTS),
 )
-# Alternatives to our fine-tuning choices (the original states neither rate nor BatchNorm handling), run beside
-# `inception` rather than changing its defaults: a 10x higher rate, and BatchNorm on batch statistics.
+# Alternatives to our fine-tuning choices (the original states neither rate nor BatchNorm handling), each beside
+# our default (rate 1e-5, BatchNorm on its moving statistics) for the top 2 and top 6 blocks: a 10x higher rate,
+# and BatchNorm on batch statistics. The defaults are shared by both factors (one trial each, same label).
 FINE_TUNE_ALTERNATIVES = tuple(
-    Factor(name, tuple((f"{label}, {short}", {"model": "inception", "unfreeze_from": u, name: value})
-                       for label, u in INCEPTION_VARIANTS if u in (249, 133)))
+    Factor(name, tuple(
+        setting
+        for label, u in INCEPTION_VARIANTS if u in (249, 133)
+        for setting in ((f"{label}, default", {"model": "inception", "unfreeze_from": u}),
+                        (f"{label}, {short}", {"model": "inception", "unfreeze_from": u, name: value}))
+    ))
     for name, value, short in (("fine_tune_learning_rate", 1e-4, "rate 1e-4"), ("batchnorm", "batch", "batch statistics"))
 )
 LENET_GRID = Factor(
@@ -129,7 +134,7 @@ STUDIES: dict[str, Study] = {
         ),
         Study(
             "inception-finetune",
-            "Fine-tuning alternatives for the top 2 and top 6 blocks: rate 1e-4 instead of 1e-5; BatchNorm on batch statistics.",
+            "Fine-tuning alternatives for the top 2 and top 6 blocks, beside the defaults: rate 1e-4 instead of 1e-5; BatchNorm on batch statistics.",
             {"model": "lenet", "image_size": 299, "epochs": 20},
             FINE_TUNE_ALTERNATIVES,
         ),
@@ -161,7 +166,7 @@ def plan(
         study = STUDIES[study]
     if not isinstance(repeats, int) or repeats < 1:
         raise BeanlibError(f"--repeats must be a positive integer, got {repeats!r}")
-    settings: dict[str, tuple[list[str], str, TrialConfig]] = {}  # canonical config -> (factors, label, config)
+    settings: dict[str, tuple[list[str], list[str], TrialConfig]] = {}  # canonical config -> (factors, labels, config)
     for factor in study.factors:
         for label, changes in factor.settings:
             values = _applicable({**study.base, **changes, **(overrides or {})})
@@ -169,12 +174,12 @@ def plan(
             key = json.dumps({k: v for k, v in config.identity().items() if k != "seed"}, sort_keys=True)
             if key in settings:
                 settings[key][0].append(factor.name)
+                settings[key][1].append(label)
             else:
-                settings[key] = ([factor.name], label, config)
+                settings[key] = ([factor.name], [label], config)
     specs = []
-    for key, (factors, label, config) in settings.items():
-        if len(factors) > 1:
-            label = "baseline"
+    for key, (factors, labels, config) in settings.items():
+        label = labels[0] if len(set(labels)) == 1 else "baseline"  # one-factor-at-a-time: each factor names it its own way
         for repeat in range(repeats):
             seeded = TrialConfig.from_dict({**config.to_dict(), "seed": config.seed + repeat})
             digest = hashlib.sha256(json.dumps([key, seeded.seed, study.per_class]).encode()).hexdigest()

@@ -58,3 +58,14 @@ def test_bad_study_options_are_refused():
         plan("seed", repeats=0)
     with pytest.raises(BeanlibError, match="too small for Inception-v3"):
         plan("seed", overrides={"image_size": 64})
+
+
+def test_fine_tune_alternatives_stand_beside_one_shared_default_per_variant():
+    specs = plan("inception-finetune")
+    defaults = [s for s in specs if s.setting.endswith(", default")]
+    assert sorted(s.setting for s in defaults) == ["top-2-blocks, default", "top-6-blocks, default"]
+    assert all(s.factors == ("fine_tune_learning_rate", "batchnorm") for s in defaults)  # one trial, in both factors
+    assert all(s.config.fine_tune_learning_rate == 1e-5 and s.config.batchnorm == "inference" for s in defaults)
+    assert len(specs) == 6 and len({s.trial_id for s in specs}) == 6
+    # The `inception` study's top-2 and top-6 trials are the same trials (same config, same id).
+    assert {s.trial_id for s in defaults} <= {s.trial_id for s in plan("inception")}
