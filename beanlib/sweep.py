@@ -27,7 +27,7 @@ from beanlib.console import hide_native_logs
 from beanlib.data import load_beans
 from beanlib.errors import BeanlibError
 from beanlib.results import FINISHED, RunStore, provenance, trial_row
-from beanlib.studies import STUDIES, TrialSpec, plan
+from beanlib.studies import STUDIES, TrialSpec, estimated_cost, plan
 from beanlib.weights import check_weights, weights_sha256
 
 class Progress(Protocol):
@@ -111,7 +111,7 @@ def run_sweep(opts: SweepOptions, out: Callable[[str], None] = print, progress: 
         check_weights(weights)  # a wrong weights file stops here, in one line, before any data or result is written
     store = RunStore(opts.results, opts.name or opts.study)
     done = store.finished()
-    todo = [s for s in specs if done.get(s.trial_id) not in FINISHED]
+    todo = sorted((s for s in specs if done.get(s.trial_id) not in FINISHED), key=lambda s: -estimated_cost(s.config))
     if opts.dry_run:
         _print_plan(specs, done, out)
         return SweepSummary(len(specs), 0, done)

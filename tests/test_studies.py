@@ -3,6 +3,7 @@
 import pytest
 
 from beanlib.errors import BeanlibError
+from beanlib import studies
 from beanlib.studies import STUDIES, TrialSpec, plan
 
 
@@ -69,3 +70,11 @@ def test_fine_tune_alternatives_stand_beside_one_shared_default_per_variant():
     assert len(specs) == 6 and len({s.trial_id for s in specs}) == 6
     # The `inception` study's top-2 and top-6 trials are the same trials (same config, same id).
     assert {s.trial_id for s in defaults} <= {s.trial_id for s in plan("inception")}
+
+
+def test_estimated_cost_ranks_trials_as_their_measured_times_do():
+    """Order from results/seed-128 (1 CPU each): top-6 378s > top-3 304s > top-2 274s > LeNet 12-32-240 185s > baseline 80s
+    > LeNet 3-8-60 50s > head-only on cached features 8s."""
+    by_setting = {s.setting: studies.estimated_cost(s.config) for s in plan("seed", overrides={"image_size": 128})}
+    ranked = ["top-6-blocks", "top-3-blocks", "top-2-blocks", "kernel_counts=12-32-240", "baseline", "kernel_counts=3-8-60", "head-only"]
+    assert sorted(ranked, key=by_setting.get, reverse=True) == ranked

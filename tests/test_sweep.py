@@ -54,6 +54,9 @@ def test_sweep_records_every_trial_once_and_a_failure_without_stopping(local_ray
     assert list(epochs.columns) == EPOCH_SCHEMA.names
     phases = epochs[epochs["trial_id"] == tuned["trial_id"]].sort_values("epoch")
     assert list(zip(phases["phase"], phases["epoch"])) == [("head", 1), ("fine_tune", 2)]
+    # Longest first (estimated_cost): the fine-tune takes one of the two first slots, the head-only trial comes last.
+    assert tuned["start_time"] < by_setting.loc["head-only", "start_time"]
+    assert by_setting.loc["head-only", "start_time"] == trials["start_time"].max()
     assert sum(line.startswith("trial ") for line in lines) == 4  # one progress line per finished trial
 
     # The same command again: only the failed trial runs, and it still has exactly one row.
