@@ -21,6 +21,7 @@ NUM_CLASSES = len(CLASS_NAMES)
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
 REGULARIZERS = ("none", "l1", "l2", "dropout")
 BATCHNORM = ("inference", "batch")  # keys: beanlib.models.BATCHNORM_MODES
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")  # Keras dtype policies; logits and loss stay float32
 # Strengths the original does not state (ours): l1/l2 factors on the conv
 # kernels, small enough not to swamp the data loss at init; dropout 0.2 is the
 # original's rate.
@@ -41,6 +42,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "learning_rate": 1e-3,  # not stated (ours)
     "seed": 0,
     "early_stop": 0,  # patience in epochs on validation loss, best weights restored; 0: off (the original's fixed epochs)
+    "precision": "float32",  # or mixed_bfloat16 (fast on recent GPUs and TPUs), mixed_float16 (with loss scaling)
 }
 FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
     "lenet": {
@@ -60,7 +62,7 @@ FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 # Fields added after results were first published: they enter a trial's id only when set away from
 # these defaults (or None, in the other family), so earlier runs keep their ids (and resume) unchanged.
-ID_NEUTRAL_DEFAULTS: dict[str, Any] = {"batchnorm": "inference", "early_stop": 0}
+ID_NEUTRAL_DEFAULTS: dict[str, Any] = {"batchnorm": "inference", "early_stop": 0, "precision": "float32"}
 FAMILY_FIELDS = {family: tuple(d) for family, d in FAMILY_DEFAULTS.items()}
 ALL_FIELDS = ("model", *COMMON_DEFAULTS, *dict.fromkeys(f for d in FAMILY_DEFAULTS.values() for f in d))
 
@@ -80,6 +82,7 @@ class TrialConfig:
     learning_rate: float
     seed: int
     early_stop: int = 0
+    precision: str = "float32"
     kernel_size: int | None = None
     kernel_counts: tuple[int, int, int] | None = None
     regularizer: str | None = None
@@ -140,6 +143,8 @@ class TrialConfig:
             raise BeanlibError(f"early_stop (patience in epochs) must be an integer >= 0, got {self.early_stop!r}")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise BeanlibError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if self.precision not in PRECISIONS:
+            raise BeanlibError(f"unknown precision {self.precision!r}: use one of {', '.join(PRECISIONS)}")
         if self.optimizer not in OPTIMIZERS:
             raise BeanlibError(f"unknown optimizer {self.optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
         _positive_float(self, "learning_rate")

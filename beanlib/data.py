@@ -27,6 +27,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from beanlib import synthetic
+from beanlib.backend import decoder_tensorflow
 from beanlib.cache import cache_path, read_npz, write_npz
 from beanlib.config import CLASS_NAMES
 from beanlib.errors import BeanlibError
@@ -129,7 +130,7 @@ def fingerprint(splits: dict[str, Split]) -> str:
 
 def resize_uint8(image, image_size: int) -> np.ndarray:
     """Resize one decoded HxWx3 image to SxS with antialiasing, back to uint8 (how every source resizes)."""
-    import tensorflow as tf
+    tf = decoder_tensorflow()
 
     resized = tf.image.resize(image, (image_size, image_size), method="bilinear", antialias=True)
     return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8).numpy()
@@ -222,7 +223,7 @@ def _read_folder(files: dict[str, list[list[Path]]], image_size: int, per_class:
 
 
 def _decode(path: Path):
-    import tensorflow as tf
+    tf = decoder_tensorflow()
 
     try:
         return tf.io.decode_image(tf.io.read_file(str(path)), channels=3, expand_animations=False)

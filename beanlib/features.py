@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from beanlib import backend
 from beanlib.config import TrialConfig
 from beanlib.cache import cache_path, read_npz, write_npz
 from beanlib.data import SPLITS, BeansData
@@ -39,14 +40,17 @@ _MEMO: dict[str, Features] = {}
 
 
 def features_key(config: TrialConfig, data: BeansData) -> str:
-    """What determines the features: the base weights, the image size and the data.
+    """What determines the features: the base weights, the image size, the data, the precision and the backend.
 
     Random-init weights ("none") depend on the trial's seed; a weights file on its content (sha256), not its path.
     """
     weights: object = weights_sha256(config.weights) or config.weights
     if config.weights == "none":
         weights = ["none", config.seed]
-    blob = json.dumps(["inception_v3", weights, config.image_size, data.fingerprint])
+    # Only a non-default precision or backend enters the key: features cached before either existed keep theirs.
+    numerics = [config.precision, backend.current()]
+    blob = json.dumps(["inception_v3", weights, config.image_size, data.fingerprint,
+                       *([numerics] if numerics != ["float32", backend.DEFAULT] else [])])
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 

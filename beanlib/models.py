@@ -56,7 +56,7 @@ def build_lenet(config: TrialConfig) -> Built:
             x = layers.MaxPooling2D(2, name=f"pool{i + 1}")(x)
     x = layers.Flatten()(x)
     x = layers.Dense(50, activation="relu", name="dense")(x)
-    outputs = layers.Dense(NUM_CLASSES, name="logits")(x)
+    outputs = layers.Dense(NUM_CLASSES, name="logits", dtype="float32")(x)  # float32 logits and loss at any precision
     return Built(keras.Model(inputs, outputs, name="lenet"))
 
 
@@ -102,13 +102,37 @@ def build_inception(config: TrialConfig) -> Built:
 
     pooled_in = keras.Input((base.output_shape[-1],), name="pooled")
     hidden = layers.Dense(1024, activation="relu", name="head_dense")(pooled_in)  # activation not stated (ours)
-    head = keras.Model(pooled_in, layers.Dense(NUM_CLASSES, name="logits")(hidden), name="head")
+    head = keras.Model(pooled_in, layers.Dense(NUM_CLASSES, name="logits", dtype="float32")(hidden), name="head")
 
     inputs = keras.Input((size, size, 3), name="image")
-    x = layers.Rescaling(1 / 127.5, offset=-1)(inputs)
+    x = _inception_rescaling()(inputs)
     pooled = layers.GlobalAveragePooling2D(name="pool")(PretrainedBase(base, config.batchnorm, name="base")(x))
     model = keras.Model(inputs, head(pooled), name="inception_v3_transfer")
     return Built(model, base=base, head=head, features=keras.Model(inputs, pooled, name="features"))
+
+
+def _inception_rescaling() -> layers.Layer:
+    """uint8-range pixels to Inception-v3's [-1, 1]."""
+    return layers.Rescaling(1 / 127.5, offset=-1)
+
+
+def split_at_block(built: Built, block_start: int, batchnorm: str) -> tuple[keras.Model, keras.Model]:
+    """The Inception transfer model cut where block `block_start` begins: (below, above).
+
+    `below` maps images to the activations entering that block (the frozen part, run in inference mode);
+    `above` maps those activations to logits through the open blocks and the head, sharing their layers (and
+    weights) with `built.model`, BatchNorm per `batchnorm` as in the whole model. A block's layers take their
+    inputs only from the previous block's output, so the cut is clean at every block start.
+    """
+    base = built.base
+    boundary = base.layers[block_start - 1].output
+    images = keras.Input(built.model.input_shape[1:], name="image")
+    below = keras.Model(images, keras.Model(base.input, boundary)(_inception_rescaling()(images), training=False),
+                        name="below")
+    top = keras.Model(boundary, base.output, name="open_blocks")  # an intermediate input: Keras reuses the layers
+    entering = keras.Input(boundary.shape[1:], name="block_input")
+    pooled = layers.GlobalAveragePooling2D(name="pool")(PretrainedBase(top, batchnorm, name="open")(entering))
+    return below, keras.Model(entering, built.head(pooled), name="above")
 
 
 def set_unfrozen(built: Built, unfreeze_from: int | None) -> None:
@@ -132,8 +156,14 @@ BUILDERS = {"lenet": build_lenet, "inception": build_inception}
 
 
 def build(config: TrialConfig) -> Built:
-    """The model for `config.model`, picked from BUILDERS."""
-    return BUILDERS[config.model](config)
+    """The model for `config.model`, picked from BUILDERS, built under the config's precision (a Keras dtype policy:
+    mixed ones compute in 16 bits and keep float32 weights; Keras adds loss scaling to mixed_float16 at compile)."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(config.precision)
+    try:
+        return BUILDERS[config.model](config)
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 _COUNTS: dict[tuple, tuple[int, int]] = {}
@@ -144,7 +174,7 @@ def parameter_counts(config: TrialConfig) -> tuple[int, int]:
     import dataclasses
 
     # Training settings and weights do not change the counts: key and build without them (random init, no download).
-    training_only = {"seed": 0, "epochs": 1, "batch_size": 1, "optimizer": "adam", "learning_rate": 1.0}
+    training_only = {"seed": 0, "epochs": 1, "batch_size": 1, "optimizer": "adam", "learning_rate": 1.0, "precision": "float32"}
     if config.model == "inception":
         training_only |= {"weights": "none", "batchnorm": "inference", "fine_tune_epochs": 1, "fine_tune_learning_rate": 1.0, "feature_cache": True}
     arch = dataclasses.replace(config, **training_only)

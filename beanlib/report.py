@@ -256,7 +256,8 @@ def _compose(trials, epochs, manifest, store, out: Path):
     doc.p(f"Data `{manifest.get('data')}`; {len(trials)} trial rows, "
           f"{int(trials['status'].isin(RAN_IN_FULL).sum())} ran in full, {len(pruned)} pruned, {len(failed)} failed or diverged; "
           f"options {json.dumps(manifest.get('overrides', {}))}, repeats {manifest.get('repeats')}, "
-          f"images per class {manifest.get('per_class') or 'all'}. Accuracies are test-split percentages"
+          f"images per class {manifest.get('per_class') or 'all'}; Keras backend {', '.join(_backends(trials))}. "
+          "Accuracies are test-split percentages"
           + (f"; one test image is {100 / tested:.2f} points." if tested else "."))
     for base in sorted(set(_bases(trials)) - {""}):
         doc.p(f"**Inception-v3 base**: {base}. " + BASE_NOTES[base.split(" ")[0]])
@@ -376,11 +377,18 @@ def _mean_text(values, fmt: str, scale: float = 1.0) -> str:
     return fmt.format(sum(known) / len(known)) if known else ""
 
 
+def _backends(trials: pd.DataFrame) -> list[str]:
+    """The Keras backends the rows ran on, with their precisions; rows from before the `backend` column ran on
+    TensorFlow (the only backend beanlib had), in float32."""
+    ran = trials["backend"].fillna("tensorflow") + " " + trials["precision"].fillna("float32")
+    return sorted(ran.unique()) or ["none"]
+
+
 def _runtime_table(trials: pd.DataFrame) -> pd.DataFrame:
     t = trials.sort_values("start_time")
     duration = (t["end_time"] - t["start_time"]).dt.total_seconds()
     return pd.DataFrame({"trial": t["trial_id"], "setting": t["setting"], "repeat": t["repeat"], "status": t["status"],
-                         "device": t["device"], "node": t["node"], "train s": t["train_seconds"].map(lambda v: "" if pd.isna(v) else f"{v:.1f}"),
+                         "device": t["device"] + ", " + t["backend"].fillna("tensorflow"), "node": t["node"], "train s": t["train_seconds"].map(lambda v: "" if pd.isna(v) else f"{v:.1f}"),
                          "wall s": duration.map(lambda v: "" if pd.isna(v) else f"{v:.1f}"),
                          "images/s": t["images_per_second"].map(lambda v: "" if pd.isna(v) else f"{v:.0f}"),
                          "epochs run/planned": [f"{r:.0f}/{p:.0f}" if pd.notna(r) and pd.notna(p) else ""

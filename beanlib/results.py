@@ -38,6 +38,7 @@ _CONFIG_COLUMNS = [
     ("learning_rate", pa.float64()),
     ("seed", pa.int64()),
     ("early_stop", pa.int64()),
+    ("precision", pa.string()),
     ("kernel_size", pa.int64()),
     ("kernel_counts", pa.string()),  # "6-16-120": groupable, and TrialConfig.from_dict reads it back
     ("regularizer", pa.string()),
@@ -86,12 +87,14 @@ TRIAL_SCHEMA = pa.schema(
         ("images_per_second", pa.float64()),
         ("node", pa.string()),
         ("device", pa.string()),
+        ("backend", pa.string()),  # the Keras backend the trial ran on (tensorflow, jax)
         ("start_time", pa.timestamp("us", tz="UTC")),
         ("end_time", pa.timestamp("us", tz="UTC")),
         ("data_fingerprint", pa.string()),
         ("beanlib_commit", pa.string()),
         ("tensorflow_version", pa.string()),
         ("keras_version", pa.string()),
+        ("backend_version", pa.string()),  # of the backend's own package (jax, tensorflow)
         ("ray_version", pa.string()),
         ("python_version", pa.string()),
     ]
@@ -271,6 +274,9 @@ def provenance() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             return "not installed"
 
+    from beanlib.backend import BACKENDS, DEFAULT
+
+    backend_name = os.environ.get("KERAS_BACKEND") or DEFAULT  # as beanlib.backend.choose() set it for every process
     commit = os.environ.get("BEANLIB_COMMIT", "")
     if not commit:
         here = os.path.dirname(os.path.abspath(__file__))
@@ -284,6 +290,8 @@ def provenance() -> dict[str, str]:
         "beanlib_commit": commit,
         "tensorflow_version": version("tensorflow"),
         "keras_version": version("keras"),
+        "backend": backend_name,
+        "backend_version": version(BACKENDS[backend_name].module) if backend_name in BACKENDS else "unknown",
         "ray_version": version("ray"),
         "python_version": platform.python_version(),
     }

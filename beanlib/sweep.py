@@ -23,6 +23,7 @@ from typing import Any, Callable, Protocol
 import ray
 from ray import tune
 
+from beanlib import backend
 from beanlib.console import hide_native_logs
 from beanlib.data import load_beans
 from beanlib.errors import BeanlibError
@@ -39,9 +40,11 @@ class Progress(Protocol):
     def stop(self) -> None: ...
 
 
-# Default share of a GPU per trial when the cluster has GPUs (ours): LeNet is small enough for two
-# per GPU; Inception-v3 fine-tuning wants a whole one.
-DEFAULT_GPUS = {"lenet": 0.5, "inception": 1.0}
+# Default share of a GPU per trial when the cluster has GPUs, from packing measured on an H200 (Keras on JAX,
+# 299px, LeNet trials each in its own process): 4 at once trained 2.5x the images/s of one, 8 at once 4.0x.
+# So eight LeNet trials share a GPU. Inception-v3 fine-tuning (1,226-2,643 images/s alone) has no packing
+# measurement yet: it keeps a whole one. JAX caps each trial's memory at its share (beanlib.backend).
+DEFAULT_GPUS = {"lenet": 0.125, "inception": 1.0}
 
 
 @dataclass
@@ -65,6 +68,7 @@ class SweepOptions:
     retries: int = 1
     early_stop: int | None = None  # patience in epochs (0 or None: off, the studies' fixed epochs)
     scheduler: str = "fifo"  # a key of SCHEDULERS
+    backend: str | None = None  # Keras backend of every trial (beanlib.backend); None: $KERAS_BACKEND, else tensorflow
     dry_run: bool = False
     verbose: bool = False  # Ray Tune's status tables and the workers' output on the console
     # Tests of failure handling: "SETTING" makes that setting's trials raise; "SETTING:crash" kills
@@ -101,11 +105,10 @@ def run_sweep(opts: SweepOptions, out: Callable[[str], None] = print, progress: 
     if opts.study not in STUDIES:
         raise BeanlibError(f"unknown study {opts.study!r}: use one of {', '.join(STUDIES)}")
     study = STUDIES[opts.study]
+    chosen = backend.choose(opts.backend)  # before Keras loads here; workers get it in $KERAS_BACKEND
     per_class = opts.per_class or study.per_class
     specs = [dataclasses.replace(s, per_class=per_class) for s in plan(study, repeats=opts.repeats, overrides=opts.overrides())]
-    from beanlib.train import configure_tensorflow  # here, not at the top: workers import this module before TensorFlow
-
-    configure_tensorflow(use_gpu=False)  # the driver decodes images and checks weights; GPUs are for the trials
+    backend.configure(use_gpu=False)  # the driver decodes images and checks weights; GPUs are for the trials
     bases = sorted({s.config.weights for s in specs if s.config.model == "inception"})
     for weights in bases:
         check_weights(weights)  # a wrong weights file stops here, in one line, before any data or result is written
@@ -119,7 +122,9 @@ def run_sweep(opts: SweepOptions, out: Callable[[str], None] = print, progress: 
     data = {size: load_beans(opts.data, size, per_class) for size in sorted({s.config.image_size for s in todo})}
     source = opts.data if opts.data in ("tfds", "synthetic") or "://" in opts.data else os.path.abspath(opts.data)
     fingerprints = {str(size): d.fingerprint for size, d in data.items()}
-    scheduler = {"scheduler": opts.scheduler} if opts.scheduler != "fifo" else {}  # (older runs have no such key)
+    # Keys older runs do not have are recorded only when set away from their defaults.
+    scheduler = {"scheduler": opts.scheduler} if opts.scheduler != "fifo" else {}
+    scheduler |= {"backend": chosen} if chosen != backend.DEFAULT else {}
     store.check_manifest({"study": opts.study, "data": source, "repeats": opts.repeats, "per_class": per_class,
                           "overrides": opts.overrides(), **scheduler}, data_fingerprints=fingerprints,
                          weights_sha256={w: weights_sha256(w) for w in bases if weights_sha256(w)})
@@ -150,7 +155,7 @@ def _tune(opts: SweepOptions, store: RunStore, todo: list[TrialSpec], data: dict
     if not ray.is_initialized():
         # No address: RAY_ADDRESS (set by `ray job submit`) or else a new local Ray in this process. Workers get
         # the driver's choice of C++ log level (beanlib.console); their output reaches the console with --verbose.
-        native = {k: os.environ[k] for k in ("TF_CPP_MIN_LOG_LEVEL", "BEANLIB_SET_TF_LOG_LEVEL") if k in os.environ}
+        native = {k: os.environ[k] for k in ("TF_CPP_MIN_LOG_LEVEL", "BEANLIB_SET_TF_LOG_LEVEL", "KERAS_BACKEND") if k in os.environ}
         ray.init(address=opts.address, runtime_env={"env_vars": native}, configure_logging=False,
                  log_to_driver=opts.verbose, logging_level=logging.INFO if opts.verbose else logging.WARNING)
     has_gpus = ray.cluster_resources().get("GPU", 0) > 0
@@ -160,7 +165,7 @@ def _tune(opts: SweepOptions, store: RunStore, todo: list[TrialSpec], data: dict
     resources = _resources(opts, has_gpus)
     features = _shared_features(todo, data, resources, out)
     specs = {s.trial_id: s.to_dict() for s in todo}
-    context = {"run": store.run, "data": opts.data, "provenance": provenance(), "retries": opts.retries,
+    context = {"run": store.run, "data": opts.data, "provenance": provenance(), "retries": opts.retries, "backend": backend.current(),
                "inject_fault": list(opts.inject_fault), "specs": specs}
     # with_parameters puts data and features into Ray's object store once; every trial reads them from there.
     trainable = tune.with_parameters(
@@ -251,7 +256,8 @@ def _shared_features(todo: list[TrialSpec], data: dict, resources: dict, out: Ca
     if not wanted:
         return {}
     compute = ray.remote(_compute_features).options(num_cpus=resources["inception"]["cpu"], num_gpus=resources["inception"]["gpu"])
-    refs = {key: compute.remote(spec.config.to_dict(), data[spec.config.image_size], resources["inception"]["cpu"]) for key, spec in wanted.items()}
+    refs = {key: compute.remote(spec.config.to_dict(), data[spec.config.image_size], resources["inception"]["cpu"], backend.current())
+            for key, spec in wanted.items()}
     started = time.perf_counter()
     features = {}
     for key, ref in refs.items():
@@ -263,8 +269,9 @@ def _shared_features(todo: list[TrialSpec], data: dict, resources: dict, out: Ca
     return features
 
 
-def _compute_features(config: dict, data, cpus: float):
+def _compute_features(config: dict, data, cpus: float, backend_name: str):
     hide_native_logs()
+    backend.choose(backend_name)
     from beanlib.train import prepare_features
 
     return prepare_features(config, data, cpus=max(1, int(cpus)))
@@ -273,12 +280,14 @@ def _compute_features(config: dict, data, cpus: float):
 def _trainable(config: dict, data: dict, features: dict, context: dict) -> None:
     """One Ray Tune trial: run it (with retries), report each epoch, and hand the final row to the driver."""
     hide_native_logs()  # before TensorFlow starts in this worker
+    backend.choose(context["backend"])  # before Keras loads in this worker (also on a cluster that has other defaults)
     from beanlib.features import features_key
     from beanlib.train import run_trial
 
     spec = TrialSpec.from_dict(context["specs"][config["trial_id"]])
     cpus = max(1, int(tune.get_context().get_trial_resources().required_resources.get("CPU", 1)))
     gpu_ids = ray.get_gpu_ids()
+    gpu_share = tune.get_context().get_trial_resources().required_resources.get("GPU", 0) or 1.0
     device = f"GPU {','.join(map(str, gpu_ids))}" if gpu_ids else f"CPU x{cpus}"
     node = f"{ray.util.get_node_ip_address()}/{ray.get_runtime_context().get_node_id()[:12]}"
     start = datetime.now(timezone.utc)
@@ -291,7 +300,7 @@ def _trainable(config: dict, data: dict, features: dict, context: dict) -> None:
                 os._exit(17)
             if spec.setting in context["inject_fault"]:
                 raise RuntimeError(f"injected fault in setting {spec.setting}")
-            result = run_trial(spec.config, trial_data, features=shared, cpus=cpus, use_gpu=bool(gpu_ids),
+            result = run_trial(spec.config, trial_data, features=shared, cpus=cpus, use_gpu=bool(gpu_ids), gpu_share=gpu_share,
                                on_epoch=lambda record: tune.report({**record, "finished": 0}))
             status, error = result.status, None
             if status in FINISHED:
@@ -299,7 +308,8 @@ def _trainable(config: dict, data: dict, features: dict, context: dict) -> None:
         except Exception as exc:  # recorded as the trial's row; the sweep goes on
             status, error, result = _failure_status(exc), f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:500]}", None
     row = trial_row(spec, result, status=status, error=error, attempts=attempts, data=context["data"], node=node,
-                    device=device, start_time=start, end_time=datetime.now(timezone.utc), provenance=context["provenance"])
+                    device=device, start_time=start, end_time=datetime.now(timezone.utc),
+                    provenance={**context["provenance"], "backend": backend.current()})  # the one this worker ran
     last = result.history[-1] if result and result.history else {"epoch": 0, "val_accuracy": 0.0}  # for a scheduler
     tune.report({"finished": 1, "status": status, "test_accuracy": row.get("test_accuracy"),
                  "epoch": last["epoch"], "val_accuracy": last["val_accuracy"],

@@ -7,7 +7,6 @@ No Ray here: the sweep calls `run_trial` inside Ray Tune trials, tests and
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -15,18 +14,14 @@ from typing import Any, Callable, Mapping
 
 import keras
 import numpy as np
-import tensorflow as tf
 
+from beanlib import backend
 from beanlib.config import NUM_CLASSES, TrialConfig
 from beanlib.data import SPLITS, BeansData
-from beanlib.features import compute_features, features_key
-from beanlib.models import build, count_params, set_unfrozen
-
-log = logging.getLogger(__name__)
+from beanlib.features import INFERENCE_BATCH, compute_features, features_key
+from beanlib.models import build, count_params, set_unfrozen, split_at_block
 
 EpochHook = Callable[[dict], "bool | None"]  # gets each epoch's record; returning True stops the trial
-
-_TF_CONFIGURED: dict[str, Any] = {}
 
 
 @dataclass
@@ -49,8 +44,9 @@ class TrialResult:
     best_epoch: int | None = None
     trainable_params: int = 0  # in the last phase
     total_params: int = 0
-    train_seconds: float = 0.0  # fitting, plus base-feature extraction when this trial computed them
-    feature_seconds: float = 0.0
+    train_seconds: float = 0.0  # fitting, plus feature_seconds
+    feature_seconds: float = 0.0  # computing cached activations: base features (when this trial computed them), and
+    # the frozen blocks' output before fine-tuning
     images_per_second: float = 0.0  # training images processed per train second
     data_fingerprint: str = ""
 
@@ -70,36 +66,6 @@ class TrialResult:
         return self
 
 
-def configure_tensorflow(cpus: int | None = None, use_gpu: bool = True) -> None:
-    """Confine TensorFlow to this trial's share: GPU memory growth, CPU thread pools of `cpus` threads,
-    and no GPU at all when `use_gpu` is False (a CPU trial on a GPU node must not take the node's GPU).
-
-    TensorFlow fixes these when its runtime starts, so only the first call in a
-    process takes effect (Ray runs each trial in its own worker process).
-    On CPU-only hosts op determinism is switched on, so a seed fixes the history.
-    """
-    if _TF_CONFIGURED:
-        if cpus not in (None, _TF_CONFIGURED.get("cpus")):
-            log.info("TensorFlow threads already fixed at %s in this process", _TF_CONFIGURED.get("cpus"))
-        return
-    gpus = tf.config.list_physical_devices("GPU")
-    try:
-        if not use_gpu and gpus:
-            tf.config.set_visible_devices([], "GPU")
-            gpus = []
-        for gpu in gpus:
-            # Trials sharing a GPU each take memory as they need it, not all of it up front.
-            tf.config.experimental.set_memory_growth(gpu, True)
-        if cpus:
-            tf.config.threading.set_intra_op_parallelism_threads(cpus)
-            tf.config.threading.set_inter_op_parallelism_threads(min(cpus, 2))
-    except RuntimeError as error:  # the runtime was already started by someone else in this process
-        log.info("TensorFlow already initialised, keeping its settings: %s", error)
-    if not gpus:
-        tf.config.experimental.enable_op_determinism()
-    _TF_CONFIGURED.update(cpus=cpus, gpus=len(gpus))
-
-
 def run_trial(
     config: TrialConfig | Mapping[str, Any],
     data: BeansData,
@@ -108,18 +74,20 @@ def run_trial(
     features=None,
     cpus: int | None = None,
     use_gpu: bool = True,
+    gpu_share: float = 1.0,
 ) -> TrialResult:
     """Train and evaluate one config on prepared data; returns its TrialResult.
 
     `features` (beanlib.features.Features) lets a caller hand in base features
     computed elsewhere (the sweep shares them through Ray's object store).
+    `cpus`, `use_gpu` and `gpu_share` set up the backend (beanlib.backend.configure) when it is not yet.
     Exceptions other than divergence propagate: the caller records them.
     """
     if not isinstance(config, TrialConfig):
         config = TrialConfig.from_dict(config)
     if data.image_size != config.image_size:
         raise ValueError(f"data prepared at {data.image_size}px but the config asks for {config.image_size}px")
-    configure_tensorflow(cpus, use_gpu)
+    backend.configure(cpus, gpu_share, use_gpu)
     keras.utils.set_random_seed(config.seed)
     built = build(config)
     trial = _Trial(config, data, built, _EpochRecorder(on_epoch))
@@ -131,7 +99,7 @@ def prepare_features(config: TrialConfig | Mapping[str, Any], data: BeansData, *
     """The cached base features an Inception trial of `config` would use (for sharing across trials)."""
     if not isinstance(config, TrialConfig):
         config = TrialConfig.from_dict(config)
-    configure_tensorflow(cpus)
+    backend.configure(cpus)
     keras.utils.set_random_seed(config.seed)  # random-init weights must match the trial's own build
     return compute_features(build(config).features, config, data)
 
@@ -165,8 +133,8 @@ class _Trial:
         )
         self.trainable_params = count_params(model.trainable_weights)
         self.recorder.phase = phase
-        train = _batches(inputs["train"], self.data.train.labels, self.config.batch_size, shuffle_seed=self.config.seed)
-        val = _batches(inputs["validation"], self.data.validation.labels, self.config.batch_size)
+        train = backend.batches(inputs["train"], self.data.train.labels, self.config.batch_size, shuffle_seed=self.config.seed)
+        val = backend.batches(inputs["validation"], self.data.validation.labels, self.config.batch_size)
         # Early stopping (opt-in) ends the phase after `early_stop` epochs without a better validation loss and
         # leaves the phase's best weights in the model, stopped early or not.
         stopper = [keras.callbacks.EarlyStopping("val_loss", patience=self.config.early_stop, restore_best_weights=True)
@@ -236,19 +204,19 @@ def _run_inception(trial: _Trial, features) -> None:
         trial.fit(built.model, "head", trial.images, c.epochs, c.learning_rate)
     if "fine_tune" in c.phases and trial.go_on:
         set_unfrozen(built, c.unfreeze_from)
+        model, inputs = built.model, trial.images
+        if c.feature_cache and c.batchnorm == "inference":
+            # The frozen blocks map each image to the same activations every epoch (BatchNorm on moving statistics,
+            # no dropout, no augmentation): compute them once, and fine-tune the open blocks and the head on them.
+            start = time.perf_counter()
+            below, model = split_at_block(built, c.unfreeze_from, c.batchnorm)
+            inputs = {s: below.predict(trial.images[s], batch_size=INFERENCE_BATCH, verbose=0) for s in SPLITS}
+            trial.feature_seconds += time.perf_counter() - start
         done = len(trial.recorder.history)  # fewer than c.epochs when early stopping ended the head phase
-        trial.fit(built.model, "fine_tune", trial.images, done + c.fine_tune_epochs, c.fine_tune_learning_rate, initial_epoch=done)
+        trial.fit(model, "fine_tune", inputs, done + c.fine_tune_epochs, c.fine_tune_learning_rate, initial_epoch=done)
 
 
 PHASE_RUNNERS = {"lenet": _run_lenet, "inception": _run_inception}
-
-
-def _batches(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle_seed: int | None = None):
-    """A tf.data pipeline over in-memory arrays; shuffled each epoch (seeded) when `shuffle_seed` is given."""
-    ds = tf.data.Dataset.from_tensor_slices((x, y))
-    if shuffle_seed is not None:
-        ds = ds.shuffle(len(y), seed=shuffle_seed, reshuffle_each_iteration=True)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
 class _EpochRecorder(keras.callbacks.Callback):

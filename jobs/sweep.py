@@ -4,7 +4,7 @@
         [--epochs N] [--fine-tune-epochs N] [--repeats N] [--weights imagenet|none|PATH]
         [--results DIR] [--name RUN] [--address ADDR] [--cpus-per-trial N]
         [--gpus-per-trial F] [--max-concurrent N] [--retries N] [--per-class N] [--early-stop PATIENCE]
-        [--scheduler fifo|asha] [--dry-run] [--verbose]
+        [--scheduler fifo|asha] [--backend tensorflow|jax|torch] [--dry-run] [--verbose]
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--name", help="run name, a folder under --results (default: the study name)")
     p.add_argument("--address", help="Ray cluster to join ('auto' for a local `ray start --head`; default: $RAY_ADDRESS, else a new local Ray)")
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
-    p.add_argument("--gpus-per-trial", type=float, help="GPU share per trial (default on GPU clusters: LeNet 0.5, Inception 1)")
+    p.add_argument("--gpus-per-trial", type=float, help="GPU share per trial (default on GPU clusters: LeNet 0.125, Inception 1)")
     p.add_argument("--max-concurrent", type=int, help="at most N trials at once (default: as resources allow)")
     p.add_argument("--early-stop", type=int, metavar="PATIENCE",
                    help="stop a trial's phase after PATIENCE epochs without a better validation loss, keeping its best "
@@ -39,6 +39,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scheduler", choices=["fifo", "asha"], default="fifo",
                    help="asha: Ray Tune's ASHA stops trials whose validation accuracy trails at epochs 2, 6, 18, ... "
                         "(recorded as pruned); fifo (default): every trial runs in full")
+    p.add_argument("--backend", help="Keras backend of every trial: tensorflow | jax | torch "
+                                      "(default: $KERAS_BACKEND, else tensorflow; the driver decodes JPEGs with TensorFlow either way)")
     p.add_argument("--retries", type=int, default=1, help="retries of a failed trial before it is recorded as failed (default 1)")
     p.add_argument("--dry-run", action="store_true", help="print the trial table and exit without training")
     p.add_argument("--verbose", action="store_true", help="also show Ray Tune's status tables and the workers' output")

@@ -23,7 +23,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--image-size", type=int)
     p.add_argument("--epochs", type=int)
     p.add_argument("--seed", type=int)
-    p.add_argument("--cpus", type=int, help="TensorFlow CPU threads (default: all)")
+    p.add_argument("--cpus", type=int, help="CPU threads for the trial (default: all)")
+    p.add_argument("--backend", help="Keras backend: tensorflow (default) | jax | torch (default: $KERAS_BACKEND, else tensorflow)")
     return p.parse_args(argv)
 
 
@@ -32,8 +33,11 @@ def main(argv: list[str] | None = None) -> int:
 
     hide_native_logs()  # before anything imports TensorFlow
     args = parse(argv)
+    from beanlib import backend
     from beanlib.config import TrialConfig
     from beanlib.errors import BeanlibError
+
+    backend.choose(args.backend)  # before anything imports Keras
 
     values = {"model": args.model, "image_size": args.image_size, "epochs": args.epochs, "seed": args.seed}
     for item in args.set:
@@ -46,9 +50,9 @@ def main(argv: list[str] | None = None) -> int:
 
     check_weights(config.weights)  # a weights file that is not a trained Inception-v3 base, too
     from beanlib.data import load_beans
-    from beanlib.train import configure_tensorflow, run_trial
+    from beanlib.train import run_trial
 
-    configure_tensorflow(args.cpus)  # before decoding: TensorFlow fixes its threads when its runtime starts
+    backend.configure(args.cpus)  # before decoding: backends fix their threads when their runtime starts
     data = load_beans(args.data, config.image_size, args.per_class)
     print(f"data: {args.data} {data.counts()} fingerprint {data.fingerprint}", file=sys.stderr)
 
@@ -56,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}), file=sys.stderr)
 
     result = run_trial(config, data, on_epoch=progress, cpus=args.cpus)
-    print(json.dumps({"config": config.to_dict(), **result.to_dict()}, indent=1))
+    print(json.dumps({"config": config.to_dict(), "backend": backend.current(), **result.to_dict()}, indent=1))
     return 0 if result.status in ("ok", "stopped") else 1
 
 

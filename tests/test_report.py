@@ -49,6 +49,7 @@ def test_report_tables_match_the_sweeps_rows(smoke_run, tmp_path):
     for setting in summary["setting"]:
         assert f"| {setting} |" in markdown
     assert "one run per setting, so run-to-run noise is unknown" in markdown and "Partial report" not in markdown
+    assert "; Keras backend tensorflow float32. " in markdown and "| CPU x1, tensorflow |" in markdown
     assert "**Inception-v3 base**: random init (not pretrained). Its numbers check the pipeline" in markdown
     figures = sorted(p.name for p in (tmp_path / "report" / "figures").iterdir())
     assert figures == ["answer.png", "confusion_inception.png", "confusion_lenet.png", "curves_inception.png",

@@ -14,7 +14,7 @@ from beanlib.config import TrialConfig
 from beanlib.data import load_beans
 from beanlib.errors import BeanlibError
 from beanlib.features import features_key
-from beanlib.models import build, set_unfrozen
+from beanlib.models import build, set_unfrozen, split_at_block
 from beanlib.weights import check_weights, describe, weights_sha256
 
 
@@ -30,6 +30,11 @@ def test_unfrozen_batchnorm_runs_in_inference_mode_when_the_model_trains(unfreez
     set_unfrozen(built, unfreeze_from)
     x = np.random.default_rng(0).integers(0, 255, (4, 75, 75, 3)).astype(np.float32)
     np.testing.assert_array_equal(built.model(x, training=True), built.model(x, training=False))
+    # the same for the model cut at the block (fine-tuning on cached activations), and it computes the same logits
+    below, above = split_at_block(built, unfreeze_from, "inference")
+    entering = below(x)
+    np.testing.assert_array_equal(above(entering, training=True), above(entering, training=False))
+    np.testing.assert_allclose(above(entering), built.model(x), rtol=1e-4, atol=1e-5)
     # the alternative mode really is different: this test can tell the two apart
     batch = build(inception(batchnorm="batch"))
     set_unfrozen(batch, unfreeze_from)

@@ -1,0 +1,215 @@
+"""The Keras backend trials run on: chosen once per process before Keras loads, and set up for the trial's share.
+
+TensorFlow is the default (the design card's, and the fastest here on CPU); JAX is how trials reach a GPU where
+TensorFlow cannot go. Everything backend-specific lives in BACKENDS: thread pools from the trial's CPUs, GPU
+memory sharing from its GPU share, determinism on CPU, the input pipeline, and JAX's compilation cache.
+TensorFlow itself is imported only where it is needed: the TensorFlow backend, and decoding JPEGs or TFDS.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from beanlib.errors import BeanlibError
+
+log = logging.getLogger(__name__)
+
+DEFAULT = "tensorflow"
+_CONFIGURED: dict[str, Any] = {}  # what the first configure() in this process fixed
+
+
+def choose(name: str | None = None) -> str:
+    """Make `name` (else $KERAS_BACKEND, else tensorflow) this process's Keras backend; returns it.
+
+    Call it before anything imports Keras. The choice travels to child processes (Ray workers) in
+    $KERAS_BACKEND. A backend that is unknown, not installed, or not the one Keras already loaded is refused.
+    """
+    name = name or os.environ.get("KERAS_BACKEND") or DEFAULT
+    if name not in BACKENDS:
+        raise BeanlibError(f"unknown backend {name!r}: use one of {', '.join(BACKENDS)}")
+    spec = BACKENDS[name]
+    if importlib.util.find_spec(spec.module) is None:
+        raise BeanlibError(f"backend {name} is not installed: pip install '{spec.install}', or pass --backend {DEFAULT}")
+    if "keras" in sys.modules and sys.modules["keras"].backend.backend() != name:
+        raise BeanlibError(f"Keras is already loaded with backend {sys.modules['keras'].backend.backend()} in this process: "
+                           f"set KERAS_BACKEND={name} before starting it")
+    os.environ["KERAS_BACKEND"] = name
+    return name
+
+
+def current() -> str:
+    """The Keras backend of this process."""
+    import keras
+
+    return keras.backend.backend()
+
+
+def configure(cpus: int | None = None, gpu_share: float = 1.0, use_gpu: bool = True) -> None:
+    """Confine this process's backend to a trial's share: `cpus` threads, a `gpu_share` of one GPU's memory, no GPU
+    at all when `use_gpu` is False (a CPU trial on a GPU node must not take the node's GPU).
+
+    Backends fix these when their runtime starts, so only the first call in a process takes effect (Ray runs each
+    trial in its own worker process).
+    """
+    name = current()
+    if _CONFIGURED:
+        if (cpus, use_gpu) != (_CONFIGURED["cpus"], _CONFIGURED["use_gpu"]) and cpus is not None:
+            log.info("%s already set up for %s CPUs in this process", name, _CONFIGURED["cpus"])
+        return
+    BACKENDS[name].configure(cpus, gpu_share, use_gpu)
+    _CONFIGURED.update(backend=name, cpus=cpus, use_gpu=use_gpu)
+
+
+def batches(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle_seed: int | None = None):
+    """What `fit` reads: batches of (x, y) in order, or reshuffled every epoch from `shuffle_seed`."""
+    return BACKENDS[current()].batches(x, y, batch_size, shuffle_seed)
+
+
+def decoder_tensorflow():
+    """TensorFlow for decoding images (JPEG, TFDS). On another backend it only decodes: it gets no GPU."""
+    import tensorflow as tf
+
+    if os.environ.get("KERAS_BACKEND", DEFAULT) != "tensorflow" and not _CONFIGURED.get("tf_decoder"):
+        try:
+            tf.config.set_visible_devices([], "GPU")
+        except RuntimeError:  # its runtime already started: too late to hide them
+            pass
+        _CONFIGURED["tf_decoder"] = True
+    return tf
+
+
+# --- TensorFlow -----------------------------------------------------------------------------------
+
+
+def _tf_configure(cpus: int | None, gpu_share: float, use_gpu: bool) -> None:
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    try:
+        if not use_gpu and gpus:
+            tf.config.set_visible_devices([], "GPU")
+            gpus = []
+        for gpu in gpus:
+            # Trials sharing a GPU each take memory as they need it, not all of it up front.
+            tf.config.experimental.set_memory_growth(gpu, True)
+        if cpus:
+            tf.config.threading.set_intra_op_parallelism_threads(cpus)
+            tf.config.threading.set_inter_op_parallelism_threads(min(cpus, 2))
+    except RuntimeError as error:  # the runtime was already started by someone else in this process
+        log.info("TensorFlow already initialised, keeping its settings: %s", error)
+    if not gpus:
+        tf.config.experimental.enable_op_determinism()  # free on CPU (measured: 202 against 203 images/s)
+
+
+def _tf_batches(x, y, batch_size: int, shuffle_seed: int | None):
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((x, y))
+    if shuffle_seed is not None:
+        ds = ds.shuffle(len(y), seed=shuffle_seed, reshuffle_each_iteration=True)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+# --- JAX ------------------------------------------------------------------------------------------
+
+JAX_MEMORY_HEADROOM = 0.9  # of a trial's GPU share: XLA needs some memory beyond what it allocates for arrays
+
+
+def _jax_configure(cpus: int | None, gpu_share: float, use_gpu: bool) -> None:
+    # XLA reads these when its runtime starts (the first array op), which is after Keras has imported jax.
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # take memory as needed, not 75% up front
+    if use_gpu and gpu_share < 1:
+        # A hard cap, so that packed trials cannot starve each other: each gets its share of the memory.
+        os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{gpu_share * JAX_MEMORY_HEADROOM:.3f}")
+    # No thread count: JAX documents no setting for it, and XLA_FLAGS' eigen switches are reported not to hold
+    # (jax-ml/jax#1539). JAX is for GPUs here: on these CPUs TensorFlow trains LeNet 4-6x faster.
+    import jax
+
+    if not use_gpu:
+        jax.config.update("jax_platforms", "cpu")
+    # Compile once per shape: a trial whose model and input shapes an earlier trial on this node compiled reads
+    # the compiled code from node-local disk instead of compiling it again ($BEANLIB_COMPILE_CACHE=off: never).
+    folder = compile_cache_dir()
+    if folder is not None:
+        jax.config.update("jax_compilation_cache_dir", str(folder))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)  # what costs to compile; not tiny ops
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def compile_cache_dir():
+    """Where compiled code is kept between processes: $BEANLIB_COMPILE_CACHE, else the beanlib cache's
+    `jax-compile` folder (node-local: ~/.cache/beanlib); None when $BEANLIB_COMPILE_CACHE is "off"."""
+    from pathlib import Path
+
+    from beanlib.cache import default_cache_dir
+
+    value = os.environ.get("BEANLIB_COMPILE_CACHE")
+    if value == "off":
+        return None
+    return Path(value) if value else default_cache_dir() / "jax-compile"
+
+
+def _pydataset_batches(x, y, batch_size: int, shuffle_seed: int | None):
+    """A keras.utils.PyDataset over in-memory arrays, reshuffled each epoch from (seed, epoch): any backend."""
+    import keras
+
+    class Batches(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__()
+            self.order, self.epoch = self._order(0), 0
+
+        def _order(self, epoch: int) -> np.ndarray:
+            if shuffle_seed is None:
+                return np.arange(len(y))
+            return np.random.default_rng([shuffle_seed, epoch]).permutation(len(y))
+
+        def __len__(self):
+            return -(-len(y) // batch_size)
+
+        def __getitem__(self, index):
+            chosen = self.order[index * batch_size:(index + 1) * batch_size]
+            return x[chosen], y[chosen]
+
+        def on_epoch_end(self):
+            self.epoch += 1
+            self.order = self._order(self.epoch)
+
+    return Batches()
+
+
+# --- torch ----------------------------------------------------------------------------------------
+
+
+def _torch_configure(cpus: int | None, gpu_share: float, use_gpu: bool) -> None:
+    import torch
+
+    if cpus:
+        torch.set_num_threads(cpus)
+    if not use_gpu or not torch.cuda.is_available():
+        torch.use_deterministic_algorithms(True)
+    elif gpu_share < 1:
+        torch.cuda.set_per_process_memory_fraction(gpu_share)  # packed trials cannot starve each other
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One Keras backend: its module, how to install it, its setup and its input pipeline."""
+
+    module: str
+    install: str
+    configure: Callable[[int | None, float, bool], None]
+    batches: Callable[..., Any]
+
+
+BACKENDS: dict[str, Backend] = {
+    "tensorflow": Backend("tensorflow", "tensorflow", _tf_configure, _tf_batches),
+    "jax": Backend("jax", "jax[cpu]", _jax_configure, _pydataset_batches),  # GPU: jax[cuda12]
+    "torch": Backend("torch", "torch", _torch_configure, _pydataset_batches),  # not in the tested set: see README
+}
