@@ -301,7 +301,7 @@ def _trainable(config: dict, data: dict, features: dict, context: dict) -> None:
             if spec.setting in context["inject_fault"]:
                 raise RuntimeError(f"injected fault in setting {spec.setting}")
             result = run_trial(spec.config, trial_data, features=shared, cpus=cpus, use_gpu=bool(gpu_ids), gpu_share=gpu_share,
-                               on_epoch=lambda record: tune.report({**record, "finished": 0}))
+                               on_epoch=lambda record: _report_epoch(record, spec.config.planned_epochs))
             status, error = result.status, None
             if status in FINISHED:
                 break
@@ -314,6 +314,13 @@ def _trainable(config: dict, data: dict, features: dict, context: dict) -> None:
     tune.report({"finished": 1, "status": status, "test_accuracy": row.get("test_accuracy"),
                  "epoch": last["epoch"], "val_accuracy": last["val_accuracy"],
                  "beanlib_row": json.dumps(row, default=str), "beanlib_epochs": json.dumps(result.history if result else [])})
+
+
+def _report_epoch(record: dict, planned_epochs: int) -> None:
+    """Every epoch but the last goes to Tune as it ends. The last one arrives only with the final result, so a
+    scheduler that stops the trial at that epoch finds it complete (row and test metrics), not to be pruned."""
+    if record["epoch"] < planned_epochs:
+        tune.report({**record, "finished": 0})
 
 
 OOM_ERRORS = ("ResourceExhaustedError", "MemoryError", "OutOfMemoryError")  # TensorFlow's, Python's, Ray's
