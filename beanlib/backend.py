@@ -78,11 +78,16 @@ def decoder_tensorflow():
 
     if os.environ.get("KERAS_BACKEND", DEFAULT) != "tensorflow" and not _CONFIGURED.get("tf_decoder"):
         try:
-            tf.config.set_visible_devices([], "GPU")
+            _tf_hide_gpus(tf)
         except RuntimeError:  # its runtime already started: too late to hide them
             pass
         _CONFIGURED["tf_decoder"] = True
     return tf
+
+
+def _tf_hide_gpus(tf) -> None:
+    """No GPU for TensorFlow in this process (RuntimeError when its runtime has already started)."""
+    tf.config.set_visible_devices([], "GPU")
 
 
 # --- TensorFlow -----------------------------------------------------------------------------------
@@ -94,7 +99,7 @@ def _tf_configure(cpus: int | None, gpu_share: float, use_gpu: bool) -> None:
     gpus = tf.config.list_physical_devices("GPU")
     try:
         if not use_gpu and gpus:
-            tf.config.set_visible_devices([], "GPU")
+            _tf_hide_gpus(tf)
             gpus = []
         for gpu in gpus:
             # Trials sharing a GPU each take memory as they need it, not all of it up front.

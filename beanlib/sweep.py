@@ -285,9 +285,9 @@ def _trainable(config: dict, data: dict, features: dict, context: dict) -> None:
     from beanlib.train import run_trial
 
     spec = TrialSpec.from_dict(context["specs"][config["trial_id"]])
-    cpus = max(1, int(tune.get_context().get_trial_resources().required_resources.get("CPU", 1)))
+    required = tune.get_context().get_trial_resources().required_resources
+    cpus, gpu_share = max(1, int(required.get("CPU", 1))), required.get("GPU", 0) or 1.0
     gpu_ids = ray.get_gpu_ids()
-    gpu_share = tune.get_context().get_trial_resources().required_resources.get("GPU", 0) or 1.0
     device = f"GPU {','.join(map(str, gpu_ids))}" if gpu_ids else f"CPU x{cpus}"
     node = f"{ray.util.get_node_ip_address()}/{ray.get_runtime_context().get_node_id()[:12]}"
     start = datetime.now(timezone.utc)
