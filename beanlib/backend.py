@@ -101,9 +101,12 @@ def _tf_configure(cpus: int | None, gpu_share: float, use_gpu: bool) -> None:
         if not use_gpu and gpus:
             _tf_hide_gpus(tf)
             gpus = []
+        limit = gpu_memory_limit_mib(gpu_share) if gpus and gpu_share < 1 else None
         for gpu in gpus:
-            # Trials sharing a GPU each take memory as they need it, not all of it up front.
-            tf.config.experimental.set_memory_growth(gpu, True)
+            if limit:  # a hard cap, so that packed trials cannot starve each other (growth alone does not stop one)
+                tf.config.set_logical_device_configuration(gpu, [tf.config.LogicalDeviceConfiguration(memory_limit=limit)])
+            else:  # memory as the trial needs it, not all of it up front
+                tf.config.experimental.set_memory_growth(gpu, True)
         if cpus:
             tf.config.threading.set_intra_op_parallelism_threads(cpus)
             tf.config.threading.set_inter_op_parallelism_threads(min(cpus, 2))
@@ -122,9 +125,27 @@ def _tf_batches(x, y, batch_size: int, shuffle_seed: int | None):
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-# --- JAX ------------------------------------------------------------------------------------------
+# Of a trial's GPU share, what its allocator may hold: the CUDA context and XLA's scratch space live outside it.
+GPU_MEMORY_HEADROOM = 0.9
 
-JAX_MEMORY_HEADROOM = 0.9  # of a trial's GPU share: XLA needs some memory beyond what it allocates for arrays
+
+def gpu_memory_limit_mib(gpu_share: float) -> int | None:
+    """A trial's GPU memory cap in MiB: its share (less headroom) of this process's first visible GPU, as
+    nvidia-smi reports it. None (and a warning) where nvidia-smi cannot tell: the trial then only grows."""
+    import subprocess
+
+    device = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0] or "0"  # Ray sets it to the trial's GPUs
+    try:
+        shown = subprocess.run(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits", "-i", device],
+                               capture_output=True, text=True, timeout=30, check=True).stdout
+        total_mib = int(shown.split()[0])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError) as error:
+        log.warning("no GPU memory cap for this trial (nvidia-smi could not tell GPU %s's memory: %s)", device, error)
+        return None
+    return int(total_mib * gpu_share * GPU_MEMORY_HEADROOM)
+
+
+# --- JAX ------------------------------------------------------------------------------------------
 
 
 def _jax_configure(cpus: int | None, gpu_share: float, use_gpu: bool) -> None:
@@ -132,7 +153,7 @@ def _jax_configure(cpus: int | None, gpu_share: float, use_gpu: bool) -> None:
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # take memory as needed, not 75% up front
     if use_gpu and gpu_share < 1:
         # A hard cap, so that packed trials cannot starve each other: each gets its share of the memory.
-        os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{gpu_share * JAX_MEMORY_HEADROOM:.3f}")
+        os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{gpu_share * GPU_MEMORY_HEADROOM:.3f}")
     # No thread count: JAX documents no setting for it, and XLA_FLAGS' eigen switches are reported not to hold
     # (jax-ml/jax#1539). JAX is for GPUs here: on these CPUs TensorFlow trains LeNet 4-6x faster.
     import jax

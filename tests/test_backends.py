@@ -167,3 +167,20 @@ def test_gpu_study_benchmark_runs_a_study_in_a_row_and_packed_on_cpu(tmp_path):
         assert sorted(r[0] for r in rows) == ["baseline", "kernel_size=3"]
         assert all(float(r[2]) > 0 and float(r[3]) > 0 and float(r[4]) > 0 for r in rows)  # first, steady, images/s
     assert re.fullmatch(r"wall: row \d+\.\ds, packed \d+\.\ds", lines[-1])
+
+
+def test_a_shared_gpu_trial_is_capped_at_its_share_of_the_memory_nvidia_smi_reports(tmp_path, monkeypatch, caplog):
+    from beanlib import backend
+
+    # A stand-in nvidia-smi (no GPU here): it answers only the query beanlib must make, for the GPU Ray assigned.
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text('#!/bin/sh\n[ "$*" = "--query-gpu=memory.total --format=csv,noheader,nounits -i 3" ] '
+                    '&& echo 143771 || exit 9\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    assert backend.gpu_memory_limit_mib(0.125) == int(143771 * 0.125 * 0.9)
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4")  # the tool fails for this GPU: no cap, and a warning says why
+    assert backend.gpu_memory_limit_mib(0.125) is None
+    assert "no GPU memory cap" in caplog.text
