@@ -1,6 +1,6 @@
 """Narrow or wide trials on a small machine: N one-thread LeNet trials at once against one N-thread trial.
 
-What decided beanlib's default of one CPU per trial. Each leg trains the same LeNet (the `seed` baseline)
+Which a machine favours (it varies between machines of the same size). Each leg trains the same LeNet (the `seed` baseline)
 on the same prepared data; the figure is training images per second summed over the trials running at once.
 
     python -m benchmarks.trial_width --data PATH [--image-size 128] [--epochs 3] [--cpus 2]

@@ -51,6 +51,32 @@ def test_same_config_and_seed_give_the_same_history(tiny_synthetic):
     assert losses(8) != first
 
 
+# A trial's threads are fixed once per process, so each thread count gets its own process.
+THREADED_TRIAL = """
+import json, sys
+from beanlib.data import load_beans
+from beanlib.train import run_trial
+data = load_beans("synthetic", 128, per_class=16)
+result = run_trial({"model": "lenet", "image_size": 128, "epochs": 1, "seed": 3}, data, cpus=int(sys.argv[1]))
+print(json.dumps(result.history[0]["loss"]))
+"""
+
+
+def test_the_same_config_gives_the_same_history_only_at_the_same_cpus_per_trial():
+    """What the README says about determinism: the thread count changes how TensorFlow splits its sums."""
+    import json
+    import subprocess
+    import sys
+
+    def loss(cpus: int) -> float:
+        done = subprocess.run([sys.executable, "-c", THREADED_TRIAL, str(cpus)], capture_output=True, text=True, check=True)
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    one = loss(1)
+    assert loss(1) == one
+    assert loss(2) != one and loss(2) == pytest.approx(one, rel=1e-5)
+
+
 def test_regularized_test_loss_includes_the_penalty_like_keras_val_loss(tiny_synthetic):
     # evaluate the test split as validation too: our test_loss must equal Keras's val_loss
     data = type(tiny_synthetic)(tiny_synthetic.train, tiny_synthetic.test, tiny_synthetic.test, 32, "synthetic", "x")
