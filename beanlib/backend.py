@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT = "tensorflow"
 _CONFIGURED: dict[str, Any] = {}  # what the first configure() in this process fixed
+_DECODER_WITHOUT_GPUS: list[bool] = []  # whether decoder_tensorflow() has hidden GPUs from TensorFlow here
 
 
 def choose(name: str | None = None) -> str:
@@ -76,12 +77,12 @@ def decoder_tensorflow():
     """TensorFlow for decoding images (JPEG, TFDS). On another backend it only decodes: it gets no GPU."""
     import tensorflow as tf
 
-    if os.environ.get("KERAS_BACKEND", DEFAULT) != "tensorflow" and not _CONFIGURED.get("tf_decoder"):
+    if os.environ.get("KERAS_BACKEND", DEFAULT) != "tensorflow" and not _DECODER_WITHOUT_GPUS:
         try:
             _tf_hide_gpus(tf)
         except RuntimeError:  # its runtime already started: too late to hide them
             pass
-        _CONFIGURED["tf_decoder"] = True
+        _DECODER_WITHOUT_GPUS.append(True)
     return tf
 
 

@@ -45,3 +45,21 @@ def pretrained_weights() -> Path:
     if not Path(value).is_file():
         pytest.skip(f"INCEPTION_WEIGHTS={value} is not a file: pretrained-base test skipped")
     return Path(value)
+
+
+@pytest.fixture
+def jpeg_folder(tmp_path) -> Path:
+    """A tiny beans folder of real JPEGs at tmp_path/beans: one 20x20 noise image per class per split."""
+    import numpy as np
+    import tensorflow as tf
+
+    from beanlib.config import CLASS_NAMES
+    from beanlib.data import SPLITS
+
+    root = tmp_path / "beans"
+    for split in SPLITS:
+        for i, name in enumerate(CLASS_NAMES):
+            path = root / split / name / f"{name}_{split}.0.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(tf.io.encode_jpeg(np.random.default_rng(i).integers(0, 255, (20, 20, 3), dtype=np.uint8)).numpy())
+    return root

@@ -184,3 +184,27 @@ def test_a_shared_gpu_trial_is_capped_at_its_share_of_the_memory_nvidia_smi_repo
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4")  # the tool fails for this GPU: no cap, and a warning says why
     assert backend.gpu_memory_limit_mib(0.125) is None
     assert "no GPU memory cap" in caplog.text
+
+
+DECODE_THEN_TRAIN = r"""
+import json, sys
+from beanlib import backend
+backend.choose("jax")
+from beanlib.data import load_beans
+from beanlib.train import run_trial
+data = load_beans(sys.argv[1], 32)  # JPEGs: decoded by TensorFlow, which gets no GPU on the JAX backend
+result = run_trial({"model": "lenet", "image_size": 32, "epochs": 1, "batch_size": 4}, data, cpus=1)
+print("RESULT " + json.dumps({"status": result.status, "configured": backend._CONFIGURED}))
+"""
+
+
+def test_decoding_jpegs_first_does_not_stop_the_jax_backend_being_set_up(jpeg_folder, tmp_path):
+    if importlib.util.find_spec("jax") is None:
+        pytest.skip("jax is not installed (pip install -e '.[test]' brings jax[cpu])")
+    env = {**{k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}, "BEANLIB_CACHE": str(tmp_path / "cache"),
+           "BEANLIB_COMPILE_CACHE": "off"}
+    done = subprocess.run([sys.executable, "-c", DECODE_THEN_TRAIN, str(jpeg_folder)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))[len("RESULT "):])
+    assert out["status"] == "ok" and out["configured"] == {"backend": "jax", "cpus": 1, "use_gpu": True}

@@ -89,23 +89,8 @@ def test_tfds_without_network_says_how_to_use_a_local_folder(monkeypatch):
 # --- bad folders ---------------------------------------------------------------------------------
 
 
-def _write_jpeg(path: Path, seed: int = 0) -> None:
-    import tensorflow as tf
-
-    pixels = np.random.default_rng(seed).integers(0, 255, (20, 20, 3), dtype=np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(tf.io.encode_jpeg(pixels).numpy())
-
-
-def _good_folder(root: Path) -> Path:
-    for split in SPLITS:
-        for i, name in enumerate(CLASS_NAMES):
-            _write_jpeg(root / split / name / f"{name}_{split}.0.jpg", i)
-    return root
-
-
-def test_a_small_good_folder_loads(tmp_path):
-    d = load_beans(str(_good_folder(tmp_path / "beans")), 16, cache_dir=tmp_path / "cache")
+def test_a_small_good_folder_loads(jpeg_folder, tmp_path):
+    d = load_beans(str(jpeg_folder), 16, cache_dir=tmp_path / "cache")
     assert d.counts() == {s: [1, 1, 1] for s in SPLITS}
     np.testing.assert_array_equal(d.train.labels, [0, 1, 2])
 
@@ -122,8 +107,8 @@ def test_a_small_good_folder_loads(tmp_path):
         (lambda root: (root / "train" / "healthy" / "cut.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated"), r"cannot decode .*cut.jpg"),
     ],
 )
-def test_bad_folders_get_a_one_line_error_naming_the_problem(tmp_path, breakage, message):
-    root = _good_folder(tmp_path / "beans")
+def test_bad_folders_get_a_one_line_error_naming_the_problem(jpeg_folder, tmp_path, breakage, message):
+    root = jpeg_folder
     breakage(root)
     with pytest.raises(BeanlibError, match=message) as caught:
         load_beans(str(root), 16, cache_dir=tmp_path / "cache")
