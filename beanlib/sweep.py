@@ -308,8 +308,7 @@ def _trainable(config: dict, data: dict, features: dict, context: dict) -> None:
         except Exception as exc:  # recorded as the trial's row; the sweep goes on
             status, error, result = _failure_status(exc), f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:500]}", None
     row = trial_row(spec, result, status=status, error=error, attempts=attempts, data=context["data"], node=node,
-                    device=device, start_time=start, end_time=datetime.now(timezone.utc),
-                    provenance={**context["provenance"], "backend": backend.current()})  # the one this worker ran
+                    device=device, start_time=start, end_time=datetime.now(timezone.utc), provenance=context["provenance"])
     last = result.history[-1] if result and result.history else {"epoch": 0, "val_accuracy": 0.0}  # for a scheduler
     tune.report({"finished": 1, "status": status, "test_accuracy": row.get("test_accuracy"),
                  "epoch": last["epoch"], "val_accuracy": last["val_accuracy"],
