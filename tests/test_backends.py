@@ -50,6 +50,11 @@ def _trials_on(backend: str, tmp_path, *flags: str) -> dict:
     done = subprocess.run([sys.executable, "-c", TRIALS, backend, *flags], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+    return _result(done)
+
+
+def _result(done: subprocess.CompletedProcess) -> dict:
+    """What a script above printed on its RESULT line."""
     return json.loads(next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))[len("RESULT "):])
 
 
@@ -206,5 +211,5 @@ def test_decoding_jpegs_first_does_not_stop_the_jax_backend_being_set_up(jpeg_fo
     done = subprocess.run([sys.executable, "-c", DECODE_THEN_TRAIN, str(jpeg_folder)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    out = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))[len("RESULT "):])
+    out = _result(done)
     assert out["status"] == "ok" and out["configured"] == {"backend": "jax", "cpus": 1, "use_gpu": True}
