@@ -121,8 +121,12 @@ class TrialConfig:
         return out
 
     def identity(self) -> dict[str, Any]:
-        """What a trial id hashes: `to_dict()` less the later-added fields left at their defaults."""
-        return {k: v for k, v in self.to_dict().items() if k not in ID_NEUTRAL_DEFAULTS or v not in (None, ID_NEUTRAL_DEFAULTS[k])}
+        """What a trial id hashes: `to_dict()` less the later-added fields left at their defaults, and a weights
+        file named by its content (sha256), not its path: the same file anywhere gives the same id."""
+        from beanlib.weights import content_identity
+
+        values = {**self.to_dict(), "weights": content_identity(self.weights)}
+        return {k: v for k, v in values.items() if k not in ID_NEUTRAL_DEFAULTS or v not in (None, ID_NEUTRAL_DEFAULTS[k])}
 
     @property
     def planned_epochs(self) -> int:

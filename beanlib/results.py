@@ -10,6 +10,12 @@ datasets all skip names starting with "." or "_") only ever see whole trials.
 A trial's epochs file is written before its trials row: the row is the mark of
 a finished trial. Re-writing a trial replaces its file: never two rows.
 RESULTS may be a local path or any URI pyarrow's filesystems take (s3://, gs://).
+
+One schema per run: every file of a run has the current TRIAL_SCHEMA or
+EPOCH_SCHEMA (nulls where a field does not apply), so a plain reader that takes
+the first file's schema for all (pandas, DuckDB) sees every column. A run
+written by an older beanlib is brought to that contract by `RunStore.upgrade`
+(the sweep and the report call it), one atomic file at a time.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -82,9 +88,12 @@ TRIAL_SCHEMA = pa.schema(
         ("epochs_run", pa.int64()),
         ("epochs_planned", pa.int64()),
         ("stop_reason", pa.string()),  # completed, early_stop, diverged, stopped (by the caller), pruned (by ASHA)
-        ("train_seconds", pa.float64()),
+        ("train_seconds", pa.float64()),  # fitting, plus feature_seconds (what this trial computed itself)
         ("feature_seconds", pa.float64()),
         ("images_per_second", pa.float64()),
+        ("feature_source", pa.string()),  # Inception base features: computed (by this trial), shared (by the sweep), cache
+        ("shared_feature_seconds", pa.float64()),  # "shared": the sweep's one computation, not in train_seconds
+        ("peak_rss_bytes", pa.int64()),  # the trial process's peak resident memory
         ("node", pa.string()),
         ("device", pa.string()),
         ("backend", pa.string()),  # the Keras backend the trial ran on (tensorflow, jax)
@@ -115,7 +124,11 @@ EPOCH_SCHEMA = pa.schema(
 )
 
 
-CONTENT_CHANGED = {"data_fingerprints": "data content (fingerprint)", "weights_sha256": "weights file content (sha256)"}
+SCHEMAS = {"trials": TRIAL_SCHEMA, "epochs": EPOCH_SCHEMA}
+# run.json keys that say where inputs were read from, not what they are: a re-run may differ in them. A run is
+# known by content: its overrides name a weights file by sha256, its data by `data_fingerprints` (per image size).
+PROVENANCE = ("data", "weights_sha256")  # the latest data source; every path a weights file was read from -> sha256
+SUPERSEDED = "superseded"  # RUN/superseded/{trials,epochs}/: a second finished row of one trial, set aside by upgrade
 
 
 class RunStore:
@@ -136,32 +149,87 @@ class RunStore:
         """Record what this run is; refuse to mix a different study, data or options into an existing run.
 
         Only `repeats` may change: more repeats extend the run with new seeds (the finished ones are kept).
-        `data_fingerprints` (image size -> fingerprint) and `weights_sha256` (weights file -> content hash) catch
-        data or a weights file that changed under the same name; entries a run has not seen yet are added.
+        The run is matched by content: `manifest["overrides"]` names a weights file by "sha256:HEX", and
+        `data_fingerprints` (image size -> fingerprint) must agree with those recorded (sizes not seen yet are
+        added). Where the data and weights were read from (`data`, `weights_sha256`: path -> hash) is provenance:
+        recorded, never compared, so a moved folder or file resumes the run.
         """
-        path = f"{self.path}/run.json"
-        contents = {"data_fingerprints": data_fingerprints or {}, "weights_sha256": weights_sha256 or {}}
-        existing: dict[str, Any] = {}
-        if self.fs.get_file_info(path).type == pafs.FileType.File:
-            with self.fs.open_input_stream(path) as f:
-                existing = json.loads(f.read())
-            changed = sorted(k for k in set(existing) | set(manifest)
-                             if existing.get(k) != manifest.get(k) and k not in ("repeats", *contents))
-            for key, now in contents.items():
-                known = existing.get(key, {})
-                if any(known.get(name, value) != value for name, value in now.items()):
-                    changed.append(CONTENT_CHANGED[key])
+        existing = self.manifest() or {}
+        fingerprints = {**existing.get("data_fingerprints", {}), **(data_fingerprints or {})}
+        if existing:
+            changed = sorted(k for k in set(existing) | set(manifest) if existing.get(k) != manifest.get(k)
+                             and k not in ("repeats", "data_fingerprints", *PROVENANCE))
+            known = existing.get("data_fingerprints", {})
+            if any(known.get(size, value) != value for size, value in (data_fingerprints or {}).items()):
+                changed.append("data content (fingerprint)")
             if changed:
                 raise BeanlibError(
                     f"{self.uri} already holds a run with different {', '.join(changed)}: "
                     "re-run it with the same options to resume, or pass a new --name"
                 )
             manifest = {**manifest, "repeats": max(existing.get("repeats", 1), manifest.get("repeats", 1))}
-        for key, now in contents.items():
-            if now or key in existing:
-                manifest[key] = {**existing.get(key, {}), **now}
+        manifest = {**manifest, "data_fingerprints": fingerprints,
+                    "weights_sha256": {**existing.get("weights_sha256", {}), **(weights_sha256 or {})}}
+        manifest = {k: v for k, v in manifest.items() if v or k not in ("data_fingerprints", "weights_sha256")}
         if manifest != existing:
-            self._write_bytes(path, json.dumps(manifest, indent=1, sort_keys=True).encode())
+            self._write_json("run.json", manifest)
+
+    def manifest(self) -> dict[str, Any] | None:
+        """run.json as a dict, or None when the run has none yet."""
+        path = f"{self.path}/run.json"
+        if self.fs.get_file_info(path).type != pafs.FileType.File:
+            return None
+        with self.fs.open_input_stream(path) as f:
+            return json.loads(f.read())
+
+    def upgrade(self, trial_id_of: Callable[[dict[str, Any]], str | None]) -> list[str]:
+        """Bring a run written by an older beanlib to the current contract, in place; returns what it changed.
+
+        - run.json: a weights file in `overrides` named by content ("sha256:HEX"), no longer by its path.
+        - every trials and epochs file: the current schema (new columns null), so plain readers see them all.
+        - every trial keyed by `trial_id_of(row)` (its id from content; None: keep it): a trial whose id came from
+          a path gets its content id, in its row, its epochs and both file names.
+        Each file is replaced atomically and the steps are idempotent: an interrupted upgrade finishes on the next
+        call. Two rows that turn out to be one trial (a weights file moved between two resumes) keep the first
+        finished; the other is moved to RUN/superseded/, not deleted.
+        """
+        done: list[str] = []
+        manifest = self.manifest()
+        weights = (manifest or {}).get("overrides", {}).get("weights")
+        if weights and weights not in ("imagenet", "none") and not weights.startswith("sha256:"):
+            sha = manifest.get("weights_sha256", {}).get(weights)
+            if sha:
+                manifest["overrides"]["weights"] = f"sha256:{sha}"
+                self._write_json("run.json", manifest)
+                done.append(f"run.json: weights {weights} named by content, sha256:{sha[:12]}")
+        rows = [(path, self._read_file(path).to_pylist()[0]) for path in self._files("trials")]
+        keyed: set[str] = set()
+        for path, row in sorted(rows, key=lambda item: (item[1].get("end_time") is None, str(item[1].get("end_time")))):
+            old, new = row["trial_id"], trial_id_of(row) or row["trial_id"]
+            epochs = self._read_file(f"{self.path}/epochs/{old}.parquet") if self._exists("epochs", old) else None
+            if new in keyed:  # a second finished row of one trial
+                self._set_aside(old)
+                done.append(f"trial {old}: the same trial as {new}, finished earlier; set aside in {SUPERSEDED}/")
+                continue
+            keyed.add(new)
+            stale = pq.read_schema(path, filesystem=self.fs) != TRIAL_SCHEMA
+            if epochs is not None and (new != old or epochs.schema != EPOCH_SCHEMA):
+                rows = [{**e, "trial_id": new} for e in epochs.to_pylist()]
+                self._write_table("epochs", new, pa.Table.from_pylist(rows, schema=EPOCH_SCHEMA))
+            if new != old or stale:
+                self._write_table("trials", new, pa.Table.from_pylist([{**row, "trial_id": new}], schema=TRIAL_SCHEMA))
+            if new != old:
+                self._delete("trials", old)
+                self._delete("epochs", old)
+                done.append(f"trial {old}: id from content, now {new}")
+            elif stale:
+                done.append(f"trial {old}: current schema")
+        for path in self._files("epochs"):  # epochs of trials that have no row yet (or never will)
+            if pq.read_schema(path, filesystem=self.fs) != EPOCH_SCHEMA:
+                trial_id = path.rsplit("/", 1)[1][: -len(".parquet")]
+                self._write_table("epochs", trial_id, self._read_file(path).to_pylist(), EPOCH_SCHEMA)
+                done.append(f"epochs {trial_id}: current schema")
+        return done
 
     def finished(self) -> dict[str, str]:
         """trial_id -> status of every trial with a row."""
@@ -177,16 +245,44 @@ class RunStore:
 
     def read_table(self, kind: str, columns: list[str] | None = None) -> pa.Table:
         """All rows of `kind` ("trials" or "epochs"); empty with the right schema when there are none."""
-        schema = {"trials": TRIAL_SCHEMA, "epochs": EPOCH_SCHEMA}[kind]
+        schema = SCHEMAS[kind]
         folder = f"{self.path}/{kind}"
         if self.fs.get_file_info(folder).type != pafs.FileType.Directory:
             return schema.empty_table().select(columns or schema.names)
         return pq.read_table(folder, filesystem=self.fs, schema=schema, columns=columns)
 
-    def _write_table(self, kind: str, trial_id: str, table: pa.Table) -> None:
+    def _write_table(self, kind: str, trial_id: str, table: pa.Table | list[dict], schema: pa.Schema | None = None) -> None:
+        if not isinstance(table, pa.Table):
+            table = pa.Table.from_pylist(table, schema=schema)
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink)
         self._write_bytes(f"{self.path}/{kind}/{trial_id}.parquet", sink.getvalue().to_pybytes())
+
+    def _write_json(self, name: str, value: dict) -> None:
+        self._write_bytes(f"{self.path}/{name}", json.dumps(value, indent=1, sort_keys=True).encode())
+
+    def _files(self, kind: str) -> list[str]:
+        """The Parquet files of `kind` that readers see (no hidden temporary files)."""
+        found = self.fs.get_file_info(pafs.FileSelector(f"{self.path}/{kind}", allow_not_found=True))
+        return sorted(i.path for i in found if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")
+                      and not i.base_name.startswith((".", "_")))
+
+    def _read_file(self, path: str) -> pa.Table:
+        return pq.read_table(path, filesystem=self.fs)
+
+    def _exists(self, kind: str, trial_id: str) -> bool:
+        return self.fs.get_file_info(f"{self.path}/{kind}/{trial_id}.parquet").type == pafs.FileType.File
+
+    def _delete(self, kind: str, trial_id: str) -> None:
+        if self._exists(kind, trial_id):
+            self.fs.delete_file(f"{self.path}/{kind}/{trial_id}.parquet")
+
+    def _set_aside(self, trial_id: str) -> None:
+        """Move a trial's files out of what readers see, into RUN/superseded/ (kept, not counted)."""
+        for kind in SCHEMAS:
+            if self._exists(kind, trial_id):
+                self.fs.create_dir(f"{self.path}/{SUPERSEDED}/{kind}", recursive=True)
+                self.fs.move(f"{self.path}/{kind}/{trial_id}.parquet", f"{self.path}/{SUPERSEDED}/{kind}/{trial_id}.parquet")
 
     def _write_bytes(self, path: str, payload: bytes) -> None:
         """Atomic write: on a local or mounted filesystem a hidden temporary file renamed into place; on an

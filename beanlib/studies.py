@@ -13,10 +13,11 @@ import hashlib
 import itertools
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
-from beanlib.config import FAMILY_FIELDS, TrialConfig
+from beanlib.config import ALL_FIELDS, FAMILY_FIELDS, TrialConfig
 from beanlib.errors import BeanlibError
+from beanlib.weights import CONTENT_PREFIX, IMAGENET, RANDOM
 
 
 @dataclass(frozen=True)
@@ -171,7 +172,7 @@ def plan(
         for label, changes in factor.settings:
             values = _applicable({**study.base, **changes, **(overrides or {})})
             config = TrialConfig.from_dict(values)
-            key = json.dumps({k: v for k, v in config.identity().items() if k != "seed"}, sort_keys=True)
+            key = _setting_key(config)
             if key in settings:
                 settings[key][0].append(factor.name)
                 settings[key][1].append(label)
@@ -182,9 +183,35 @@ def plan(
         label = labels[0] if len(set(labels)) == 1 else "baseline"  # one-factor-at-a-time: each factor names it its own way
         for repeat in range(repeats):
             seeded = TrialConfig.from_dict({**config.to_dict(), "seed": config.seed + repeat})
-            digest = hashlib.sha256(json.dumps([key, seeded.seed, study.per_class]).encode()).hexdigest()
-            specs.append(TrialSpec(f"{config.model}-{digest[:10]}", study.name, tuple(factors), label, repeat, seeded, study.per_class))
+            specs.append(TrialSpec(trial_id(seeded, study.per_class), study.name, tuple(factors), label, repeat, seeded, study.per_class))
     return specs
+
+
+def trial_id(config: TrialConfig, study_per_class: int | None) -> str:
+    """A trial's stable id: a hash of what it trains (its config, a weights file by content) and its study's
+    subsample. A pure function of content, so a run's rows can be re-keyed from their own columns."""
+    digest = hashlib.sha256(json.dumps([_setting_key(config), config.seed, study_per_class]).encode()).hexdigest()
+    return f"{config.model}-{digest[:10]}"
+
+
+def trial_id_of_row(row: Mapping[str, Any]) -> str | None:
+    """The id a trials row's own columns give it today (None where its study is unknown or its config no longer
+    valid): how `RunStore.upgrade` re-keys a run whose ids an older beanlib derived from a weights file's path."""
+    study = STUDIES.get(row.get("study"))
+    if study is None:
+        return None
+    values = {k: row.get(k) for k in ALL_FIELDS}
+    if row.get("weights_sha256") and values.get("weights") not in (None, IMAGENET, RANDOM):
+        values["weights"] = CONTENT_PREFIX + row["weights_sha256"]
+    try:
+        return trial_id(TrialConfig.from_dict(values), study.per_class)
+    except BeanlibError:
+        return None
+
+
+def _setting_key(config: TrialConfig) -> str:
+    """A setting's canonical form: its identity less the seed (repeats of one setting share it)."""
+    return json.dumps({k: v for k, v in config.identity().items() if k != "seed"}, sort_keys=True)
 
 
 # Inception-v3's forward pass at 299px, in multiply-adds (Szegedy et al. 2016: about 5.7 billion); it scales with area.

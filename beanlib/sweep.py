@@ -28,8 +28,8 @@ from beanlib.console import hide_native_logs
 from beanlib.data import load_beans
 from beanlib.errors import BeanlibError
 from beanlib.results import FINISHED, RunStore, provenance, trial_row
-from beanlib.studies import STUDIES, TrialSpec, estimated_cost, plan
-from beanlib.weights import check_weights, weights_sha256
+from beanlib.studies import STUDIES, TrialSpec, estimated_cost, plan, trial_id_of_row
+from beanlib.weights import check_weights, content_identity, weights_sha256
 
 class Progress(Protocol):
     """What the sweep tells a live display (beanlib.console.SweepConsole): trials to run, started, finished."""
@@ -104,6 +104,9 @@ def run_sweep(opts: SweepOptions, out: Callable[[str], None] = print, progress: 
     """
     if opts.study not in STUDIES:
         raise BeanlibError(f"unknown study {opts.study!r}: use one of {', '.join(STUDIES)}")
+    if JOB_CONFIG in os.environ and "://" not in opts.results and not os.path.isabs(os.path.expanduser(opts.results)):
+        raise BeanlibError(f"--results {opts.results} is relative, and under `ray job submit` that is inside Ray's temporary "
+                           "copy of the working directory, which Ray deletes: pass an absolute path or a URI (s3://, gs://)")
     study = STUDIES[opts.study]
     chosen = backend.choose(opts.backend)  # before Keras loads here; workers get it in $KERAS_BACKEND
     per_class = opts.per_class or study.per_class
@@ -112,21 +115,30 @@ def run_sweep(opts: SweepOptions, out: Callable[[str], None] = print, progress: 
     bases = sorted({s.config.weights for s in specs if s.config.model == "inception"})
     for weights in bases:
         check_weights(weights)  # a wrong weights file stops here, in one line, before any data or result is written
+    if opts.scheduler != "fifo" and len({s.config.model for s in specs}) > 1:
+        raise BeanlibError(f"--scheduler {opts.scheduler} compares trials by validation accuracy, and study {opts.study} mixes "
+                           "LeNet and Inception-v3, whose curves are not comparable: run one family per sweep "
+                           "(e.g. --study lenet-full or --study inception), or use --scheduler fifo")
     store = RunStore(opts.results, opts.name or opts.study)
+    if not opts.dry_run:
+        for change in store.upgrade(trial_id_of_row):  # a run from an older beanlib: current schema, ids from content
+            out(f"upgraded {store.run}: {change}")
     done = store.finished()
     todo = sorted((s for s in specs if done.get(s.trial_id) not in FINISHED), key=lambda s: -estimated_cost(s.config))
     if opts.dry_run:
         _print_plan(specs, done, out)
         return SweepSummary(len(specs), 0, done)
-    # Bad data fails here, before anything is written: decoded once, in the driver.
-    data = {size: load_beans(opts.data, size, per_class) for size in sorted({s.config.image_size for s in todo})}
+    # Bad data fails here, before anything is written: decoded once, in the driver. Every planned size, finished or
+    # not: the run is matched by the data's content (its fingerprint), wherever the folder lies now.
+    data = {size: load_beans(opts.data, size, per_class) for size in sorted({s.config.image_size for s in specs})}
     source = opts.data if opts.data in ("tfds", "synthetic") or "://" in opts.data else os.path.abspath(opts.data)
     fingerprints = {str(size): d.fingerprint for size, d in data.items()}
     # Keys older runs do not have are recorded only when set away from their defaults.
     scheduler = {"scheduler": opts.scheduler} if opts.scheduler != "fifo" else {}
     scheduler |= {"backend": chosen} if chosen != backend.DEFAULT else {}
+    overrides = {**opts.overrides(), **({"weights": content_identity(opts.overrides()["weights"])} if opts.weights else {})}
     store.check_manifest({"study": opts.study, "data": source, "repeats": opts.repeats, "per_class": per_class,
-                          "overrides": opts.overrides(), **scheduler}, data_fingerprints=fingerprints,
+                          "overrides": overrides, **scheduler}, data_fingerprints=fingerprints,
                          weights_sha256={w: weights_sha256(w) for w in bases if weights_sha256(w)})
     out(f"{opts.study}: {len(specs)} trials planned, {len(specs) - len(todo)} finished in {store.uri}, {len(todo)} to run")
     started = time.perf_counter()
@@ -155,8 +167,7 @@ def _tune(opts: SweepOptions, store: RunStore, todo: list[TrialSpec], data: dict
     if not ray.is_initialized():
         # No address: RAY_ADDRESS (set by `ray job submit`) or else a new local Ray in this process. Workers get
         # the driver's choice of C++ log level (beanlib.console); their output reaches the console with --verbose.
-        native = {k: os.environ[k] for k in ("TF_CPP_MIN_LOG_LEVEL", "BEANLIB_SET_TF_LOG_LEVEL", "KERAS_BACKEND") if k in os.environ}
-        ray.init(address=opts.address, runtime_env={"env_vars": native}, configure_logging=False,
+        ray.init(address=opts.address, runtime_env=_runtime_env(), configure_logging=False,
                  log_to_driver=opts.verbose, logging_level=logging.INFO if opts.verbose else logging.WARNING)
     has_gpus = ray.cluster_resources().get("GPU", 0) > 0
     if not has_gpus and opts.gpus_per_trial is None and (opts.address or os.environ.get("RAY_ADDRESS")):
@@ -202,6 +213,19 @@ def _tune(opts: SweepOptions, store: RunStore, todo: list[TrialSpec], data: dict
     finally:
         if cwd and os.path.isdir(cwd):
             os.chdir(cwd)
+
+
+JOB_CONFIG = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray for the driver of a `ray job submit` job: the job's config
+
+
+def _runtime_env() -> dict[str, Any]:
+    """The driver's env vars that every worker needs (C++ log level, Keras backend), less any that the job's own
+    runtime env sets (`ray job submit --runtime-env-json`): there the user's value wins, and Ray refuses to merge
+    one key from both."""
+    wanted = {k: os.environ[k] for k in ("TF_CPP_MIN_LOG_LEVEL", "BEANLIB_SET_TF_LOG_LEVEL", "KERAS_BACKEND") if k in os.environ}
+    job = json.loads(os.environ.get(JOB_CONFIG) or "{}")
+    theirs = (job.get("runtime_env") or {}).get("env_vars") or {}
+    return {"env_vars": {k: v for k, v in wanted.items() if k not in theirs}}
 
 
 def _cwd() -> str | None:
@@ -322,12 +346,14 @@ def _report_epoch(record: dict, planned_epochs: int) -> None:
         tune.report({**record, "finished": 0})
 
 
-OOM_ERRORS = ("ResourceExhaustedError", "MemoryError", "OutOfMemoryError")  # TensorFlow's, Python's, Ray's
+# Out of memory as each backend says it: TensorFlow's and Python's exception classes, Ray's (a worker killed by its
+# memory monitor), torch's class and CUDA message, and XLA's status code (JAX raises a plain XlaRuntimeError).
+OOM_ERRORS = ("ResourceExhaustedError", "MemoryError", "OutOfMemoryError", "RESOURCE_EXHAUSTED", "CUDA out of memory")
 
 
 def _failure_status(error: BaseException | str) -> str:
     """'oom' for an out-of-memory error (an exception, or the text Ray gives for a dead worker), else 'error'."""
-    text = error if isinstance(error, str) else " ".join(cls.__name__ for cls in type(error).__mro__)
+    text = error if isinstance(error, str) else " ".join([*(cls.__name__ for cls in type(error).__mro__), str(error)[:2000]])
     return "oom" if any(name in text for name in OOM_ERRORS) else "error"
 
 

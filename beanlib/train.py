@@ -48,6 +48,13 @@ class TrialResult:
     feature_seconds: float = 0.0  # computing cached activations: base features (when this trial computed them), and
     # the frozen blocks' output before fine-tuning
     images_per_second: float = 0.0  # training images processed per train second
+    # Where an Inception trial's cached base features came from: "computed" by this trial (in feature_seconds and
+    # train_seconds), "shared" (computed once by the sweep for every trial of the same base, size and data: in
+    # shared_feature_seconds, not in this trial's train_seconds), "cache" (read from disk: nothing computed);
+    # None without cached features (LeNet, feature_cache=False).
+    feature_source: str | None = None
+    shared_feature_seconds: float | None = None
+    peak_rss_bytes: int | None = None  # the trial process's peak resident memory, at its end
     data_fingerprint: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -104,6 +111,15 @@ def prepare_features(config: TrialConfig | Mapping[str, Any], data: BeansData, *
     return compute_features(build(config).features, config, data)
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory so far, in bytes (a Ray trial runs in a process of its own)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)  # macOS counts bytes, Linux KiB
+
+
 OPTIMIZERS = {  # keys: beanlib.config.OPTIMIZERS
     "adam": keras.optimizers.Adam,
     "sgd": lambda lr: keras.optimizers.SGD(lr, momentum=0.9),  # plain SGD crawls on this problem (ours)
@@ -120,6 +136,8 @@ class _Trial:
         self.evaluator, self.eval_inputs = built.model, self.images  # the model (or head) whose predictions are final
         self.images_trained = 0
         self.feature_seconds = 0.0
+        self.feature_source: str | None = None
+        self.shared_feature_seconds: float | None = None
         self.trainable_params = 0
         self.stopped_early = False
         self.restored: dict | None = None  # the epoch record whose weights early stopping restored, last phase
@@ -164,10 +182,13 @@ class _Trial:
             train_seconds=train_seconds,
             feature_seconds=self.feature_seconds,
             images_per_second=self.images_trained / train_seconds if train_seconds else 0.0,
+            feature_source=self.feature_source,
+            shared_feature_seconds=self.shared_feature_seconds,
             data_fingerprint=self.data.fingerprint,
         ).summarize_history(self.restored)  # restored: the epoch whose weights the trial ends with
         if self.recorder.status != "diverged":  # NaN weights predict nothing worth recording
             self._evaluate(result)
+        result.peak_rss_bytes = peak_rss_bytes()
         return result
 
     def _evaluate(self, result: TrialResult) -> None:
@@ -197,8 +218,11 @@ def _run_inception(trial: _Trial, features) -> None:
         if features is None:
             features = compute_features(built.features, c, trial.data)
             trial.feature_seconds = features.seconds
+            trial.feature_source = "computed" if features.seconds else "cache"
         elif features.key != features_key(c, trial.data):
             raise ValueError("the features handed in were computed for other weights, image size or data")
+        else:
+            trial.feature_source, trial.shared_feature_seconds = "shared", features.seconds
         trial.fit(built.head, "head", features.splits, c.epochs, c.learning_rate)
     else:
         trial.fit(built.model, "head", trial.images, c.epochs, c.learning_rate)

@@ -41,6 +41,20 @@ def weights_sha256(weights: str | None) -> str | None:
     return file_sha256(weights) if os.path.isfile(weights) else None
 
 
+CONTENT_PREFIX = "sha256:"  # a weights file named by its content, as trial ids and run.json know it
+
+
+def content_identity(weights: str | None) -> str | None:
+    """How a trial id and run.json name a base: "imagenet", "none", None (LeNet) as they are, a file as
+    "sha256:HEX" of its content (wherever it lies), which passes through unchanged."""
+    if weights in (None, IMAGENET, RANDOM) or str(weights).startswith(CONTENT_PREFIX):
+        return weights
+    if not os.path.isfile(weights):
+        raise BeanlibError(f"weights file {weights} does not exist: pass a Keras Inception-v3 no-top weights file "
+                           "(.weights.h5), 'imagenet' or 'none'")
+    return CONTENT_PREFIX + file_sha256(weights)
+
+
 def describe(weights: str | None, sha256: str | None) -> str:
     """How a report names a base: ImageNet, random init, or a file's name and content hash (labelled a stand-in)."""
     if weights == IMAGENET:

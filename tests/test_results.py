@@ -68,22 +68,31 @@ def test_an_empty_run_reads_as_no_rows(tmp_path):
 
 def test_the_manifest_refuses_to_mix_different_runs(tmp_path):
     store = RunStore(str(tmp_path), "run1")
-    store.check_manifest({"study": "seed", "data": "tfds"})
-    store.check_manifest({"study": "seed", "data": "tfds"})  # the same options: resume
-    with pytest.raises(BeanlibError, match="already holds a run with different data: .*new --name"):
-        store.check_manifest({"study": "seed", "data": "synthetic"})
+    store.check_manifest({"study": "seed", "data": "tfds", "overrides": {}})
+    store.check_manifest({"study": "seed", "data": "tfds", "overrides": {}})  # the same options: resume
+    with pytest.raises(BeanlibError, match="already holds a run with different overrides: .*new --name"):
+        store.check_manifest({"study": "seed", "data": "tfds", "overrides": {"epochs": 3}})
+    with pytest.raises(BeanlibError, match="already holds a run with different study"):
+        store.check_manifest({"study": "inception", "data": "tfds", "overrides": {}})
 
 
-def test_the_same_source_name_with_other_content_is_refused(tmp_path):
+def test_a_run_is_matched_by_content_not_by_where_its_inputs_lie(tmp_path):
     store = RunStore(str(tmp_path), "run1")
-    store.check_manifest({"study": "seed", "data": "synthetic"}, data_fingerprints={"64": "aaaa"})
-    store.check_manifest({"study": "seed", "data": "synthetic"}, data_fingerprints={"64": "aaaa", "75": "bbbb"})
+    weights = {"weights": "sha256:1111"}
+    store.check_manifest({"study": "seed", "data": "/old/beans", "overrides": weights}, data_fingerprints={"64": "aaaa"},
+                         weights_sha256={"/old/w.h5": "1111"})
+    # the same content read from elsewhere resumes; the new places are recorded as provenance
+    store.check_manifest({"study": "seed", "data": "/new/beans", "overrides": weights}, data_fingerprints={"64": "aaaa", "75": "bbbb"},
+                         weights_sha256={"/new/w.h5": "1111"})
+    manifest = store.manifest()
+    assert manifest["data"] == "/new/beans" and manifest["data_fingerprints"] == {"64": "aaaa", "75": "bbbb"}
+    assert manifest["weights_sha256"] == {"/old/w.h5": "1111", "/new/w.h5": "1111"}
     with pytest.raises(BeanlibError, match=r"different data content \(fingerprint\)"):
-        store.check_manifest({"study": "seed", "data": "synthetic"}, data_fingerprints={"64": "cccc"})
-    # a weights file changed under the same path: refused too; a run that recorded no hash yet learns it
-    store.check_manifest({"study": "seed", "data": "synthetic"}, weights_sha256={"/w.h5": "1111"})
-    with pytest.raises(BeanlibError, match=r"different weights file content \(sha256\)"):
-        store.check_manifest({"study": "seed", "data": "synthetic"}, weights_sha256={"/w.h5": "2222"})
+        store.check_manifest({"study": "seed", "data": "/old/beans", "overrides": weights}, data_fingerprints={"64": "cccc"})
+    # other weights content (under any path) is another run
+    with pytest.raises(BeanlibError, match="different overrides"):
+        store.check_manifest({"study": "seed", "data": "/old/beans", "overrides": {"weights": "sha256:2222"}},
+                             weights_sha256={"/old/w.h5": "2222"})
 
 
 def test_more_repeats_extend_a_run(tmp_path):
