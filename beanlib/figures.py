@@ -67,7 +67,7 @@ def confusion(runs: pd.DataFrame, out: Path) -> Path:
 
 def answer(summary: pd.DataFrame, out: Path) -> Path:
     """The report's opening figure: per factor, each setting's mean test accuracy with its 95% interval and its
-    single runs, the original study's number as a marker beside it, and the best setting marked."""
+    single runs, the original study's number as a marker beside it, and the setting chosen on validation marked."""
     factors = list(summary["factor"].drop_duplicates())
     heights = [int((summary["factor"] == f).sum()) for f in factors]
     fig, axes = plt.subplots(len(factors), 1, figsize=(8.5, 0.38 * sum(heights) + 0.75 * len(factors) + 0.6),
@@ -75,7 +75,7 @@ def answer(summary: pd.DataFrame, out: Path) -> Path:
     for ax, factor in zip(axes[:, 0], factors):
         rows = summary[summary["factor"] == factor].reset_index(drop=True)
         y = np.arange(len(rows))[::-1]
-        best = rows["test_accuracy"].idxmax() if rows["test_accuracy"].notna().any() else None
+        best = rows.index[rows["chosen"]][0] if rows["chosen"].any() else None  # chosen on validation (beanlib.stats)
         for i, row in rows.iterrows():
             color = "tab:green" if i == best else "tab:blue"
             ax.plot(row["accuracies"], [y[i]] * len(row["accuracies"]), "|", color="grey", ms=8, alpha=0.8)
@@ -97,7 +97,7 @@ def answer(summary: pd.DataFrame, out: Path) -> Path:
     axes[-1, 0].set_xlabel("test accuracy (%)")
     handles = [
         plt.Line2D([], [], marker="o", color="tab:blue", ls="", label="this run: mean, 95% CI"),
-        plt.Line2D([], [], marker="o", color="tab:green", ls="", label="best setting"),
+        plt.Line2D([], [], marker="o", color="tab:green", ls="", label="chosen on validation"),
         plt.Line2D([], [], marker="|", color="grey", ls="", ms=8, label="single runs"),
         plt.Line2D([], [], marker="D", color="tab:red", mfc="none", ls="", label="original study"),
     ]

@@ -194,15 +194,20 @@ class RunStore:
         finished; the other is moved to RUN/superseded/, not deleted.
         """
         done: list[str] = []
+        rows = [(path, self._read_file(path).to_pylist()[0]) for path in self._files("trials")]
         manifest = self.manifest()
         weights = (manifest or {}).get("overrides", {}).get("weights")
         if weights and weights not in ("imagenet", "none") and not weights.startswith("sha256:"):
-            sha = manifest.get("weights_sha256", {}).get(weights)
-            if sha:
+            # the hash run.json recorded, else the one every row read from that path recorded, else the file's
+            known = {manifest.get("weights_sha256", {}).get(weights)} - {None} or \
+                {row.get("weights_sha256") for _, row in rows if row.get("weights") == weights} - {None} or \
+                ({weights_sha256(weights)} - {None})
+            if len(known) == 1:
+                sha = known.pop()
                 manifest["overrides"]["weights"] = f"sha256:{sha}"
+                manifest["weights_sha256"] = {**manifest.get("weights_sha256", {}), weights: sha}
                 self._write_json("run.json", manifest)
                 done.append(f"run.json: weights {weights} named by content, sha256:{sha[:12]}")
-        rows = [(path, self._read_file(path).to_pylist()[0]) for path in self._files("trials")]
         keyed: set[str] = set()
         for path, row in sorted(rows, key=lambda item: (item[1].get("end_time") is None, str(item[1].get("end_time")))):
             old, new = row["trial_id"], trial_id_of(row) or row["trial_id"]

@@ -96,9 +96,9 @@ def _constructed_run(root):
         acc = ACCURACIES[spec.setting][spec.repeat]
         history = [{"phase": "train", "epoch": e, "loss": 1 / e, "accuracy": min(1, acc + 0.1 * e),
                     "val_accuracy": acc - 0.05 + 0.02 * e, "val_loss": 1.0, "seconds": 10.0} for e in (1, 2, 3)]
-        result = TrialResult("ok", history, test_accuracy=acc, best_val_accuracy=acc + 0.01, per_class_accuracy=[acc] * 3,
+        result = TrialResult("ok", history, test_accuracy=acc, per_class_accuracy=[acc] * 3,
                              confusion_matrix=[[40, 2, 1], [3, 38, 2], [1, 1, 40]], trainable_params=5, total_params=5,
-                             train_seconds=30.0, images_per_second=100.0)
+                             train_seconds=30.0, images_per_second=100.0).summarize_history()  # validation: acc + 1 point
         row = trial_row(spec, result, status="ok", data="synthetic", device="CPU x1", node="n",
                         start_time=start + timedelta(seconds=10 * spec.repeat), end_time=start + timedelta(seconds=10 * spec.repeat + 40))
         store.write_trial(row, history)
@@ -119,10 +119,17 @@ def test_statistics_on_repeats(tmp_path):
         assert row["n"] == 3 and row["test_accuracy"] == pytest.approx(mean)
         assert (row["ci95_low"], row["ci95_high"]) == pytest.approx((mean - half, mean + half))
     markdown = (tmp_path / "constructed" / "report" / "report.md").read_text()
-    # kernel size: 3 leads 7 by one point with overlapping runs -> not beyond the noise
-    assert "best: **kernel_size=3** (72.0%), 1.0 points ahead of kernel_size=7; not larger than the noise" in markdown
-    # kernel counts: 12-32-240 leads the baseline by 20 points, three tight runs each -> beyond the noise
-    assert "best: **kernel_counts=12-32-240** (81.0%), 20.0 points ahead of kernel_counts=6-16-120; larger than the noise" in markdown
+    # kernel size: chosen on validation (test + 1 point here); the settings differ (the baseline trails by 11 points),
+    # and 3 leads 5 beyond the noise, but not 7 (one point, overlapping runs)
+    verdict = next(line for line in markdown.splitlines() if line.startswith("chosen on validation: **kernel_size"))
+    assert verdict.startswith("chosen on validation: **kernel_size=3** (validation 73.0%, test 72.0%); the settings differ "
+                              "beyond the noise (one-way ANOVA on test accuracy over 3 settings, n = 3 each, p = 0.000)")
+    assert re.search(r"kernel_size=3 is ahead of kernel_size=5 \(\+11\.0 points, p = 0\.0\d\d\); "
+                     r"not distinguishable from kernel_size=7 \(\+1\.0, p = 0\.\d+\)", verdict), verdict
+    # kernel counts: 12-32-240 leads both others by 20 and 30 points, three tight runs each
+    assert re.search(r"\*\*kernel_counts=12-32-240\*\* .*kernel_counts=12-32-240 is ahead of kernel_counts=3-8-60 "
+                     r"\(\+30\.0 points, p = 0\.0\d\d\), kernel_counts=6-16-120 \(\+20\.0 points", markdown)
+    assert "| kernel_counts=12-32-240 | yes | 82.0 | 81.0 |" in markdown  # the chosen setting, its validation and test means
     # the oom trial is listed with its error, and the unrun settings are reported missing
     assert "ResourceExhaustedError: OOM when allocating" in markdown and "| oom |" in markdown
     assert len(report.missing) == 12 * 3 - 5 * 3 - 1
@@ -169,10 +176,10 @@ def test_diverged_and_failed_runs_are_counted_apart_and_never_crash_the_report(t
     assert summary.loc["kernel_size=7", "test_accuracy"] == pytest.approx(72.0)  # (73 + 71) / 2, the NaN left out
     assert (summary.loc["top-2-blocks", "n"], summary.loc["top-2-blocks", "failed"]) == (0, 3)
     markdown = (root / "report" / "report.md").read_text()
-    kernel_verdict = next(line for line in markdown.splitlines() if line.startswith("best: **kernel_size"))
-    assert "not larger than the noise" in kernel_verdict  # the diverged run is not a NaN in the t-test
-    assert "| inception |" not in markdown  # no best-Inception row without an accuracy
-    assert "only 0 setting has a test accuracy: no comparison" in markdown
+    kernel_verdict = next(line for line in markdown.splitlines() if line.startswith("chosen on validation: **kernel_size"))
+    assert "not distinguishable from kernel_size=7 (+0.0, p = 1.000)" in kernel_verdict  # the diverged run is no NaN in a test
+    assert "| inception |" not in markdown  # no chosen Inception-v3 row without an accuracy
+    assert "inception: no setting ran in full: nothing to choose." in markdown
     assert markdown.count("RuntimeError: boom") == 12
 
 
@@ -186,7 +193,7 @@ def test_rows_outside_the_current_plan_are_left_out_and_named(tmp_path):
 
 
 def _one_result(acc):
-    return TrialResult("ok", [], test_accuracy=acc, best_val_accuracy=acc, per_class_accuracy=[acc] * 3,
+    return TrialResult("ok", [], test_accuracy=acc, best_val_accuracy=acc, val_accuracy=acc, val_loss=1.0, per_class_accuracy=[acc] * 3,
                        confusion_matrix=[[1, 0, 0], [0, 1, 0], [0, 0, 1]], trainable_params=5, total_params=5, train_seconds=1.0)
 
 
@@ -245,3 +252,6 @@ def test_pruned_trials_are_listed_apart_and_left_out_of_the_statistics(tmp_path)
     markdown = (tmp_path / "asha" / "report" / "report.md").read_text()
     assert "## Pruned trials" in markdown and "left out of every mean, interval and verdict" in markdown
     assert "| 2/20 | 35.0 |" in markdown and "| oom |" not in markdown
+    # kernel_size=7 lost a run to ASHA: its mean is over the survivors, marked, and kept out of the choice and tests
+    assert "| 70.5 (survivors only) |" in markdown
+    assert "left out: kernel_size=7 (ASHA pruned some of their runs, so their means are survivors-only)" in markdown

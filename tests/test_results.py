@@ -1,5 +1,6 @@
 """The Parquet contract: schema, atomic writes, one row per trial however often it is written, the run manifest."""
 
+import json
 from datetime import datetime, timezone
 
 import pandas as pd
@@ -121,3 +122,97 @@ def test_a_failed_trial_row_has_its_config_and_no_metrics(tmp_path):
     got = pd.read_parquet(tmp_path / "run1" / "trials").iloc[0]
     assert got["status"] == "oom" and got["unfreeze_from"] == 249 and pd.isna(got["test_accuracy"])
     assert pd.isna(got["kernel_size"])  # the other family's fields are null, not zero
+
+
+# --- one schema per run, ids from content -------------------------------------------------------
+
+OLD_COLUMNS = ("early_stop", "stop_reason", "epochs_planned", "peak_rss_bytes")  # fields an older beanlib did not write
+
+
+def _older_file(path, row: dict) -> None:
+    """A trials file as an older beanlib wrote it: without the columns added since."""
+    import pyarrow as pa
+
+    schema = pa.schema([f for f in TRIAL_SCHEMA if f.name not in OLD_COLUMNS])
+    pq.write_table(pa.Table.from_pylist([row], schema=schema), path)
+
+
+def _readers_columns(folder) -> dict[str, list[str]]:
+    """The columns each plain reader sees when it reads a whole folder of Parquet files."""
+    import duckdb
+    import pyarrow.dataset as ds
+
+    return {"pandas": list(pd.read_parquet(folder).columns),
+            "pyarrow.dataset": ds.dataset(folder, format="parquet").schema.names,
+            "duckdb": [d[0] for d in duckdb.sql(f"SELECT * FROM read_parquet('{folder}/*.parquet')").description]}
+
+
+def test_a_run_mixing_schemas_is_upgraded_so_that_every_reader_sees_every_column(tmp_path):
+    from beanlib.studies import trial_id_of_row
+
+    store = RunStore(str(tmp_path), "run1")
+    specs = plan("seed")
+    store.write_trial(_row(specs[0], 0.6), _result(0.6).history)  # the current schema
+    old = {**_row(specs[1], 0.7), "run": "run1"}
+    _older_file(tmp_path / "run1" / "trials" / f"{specs[1].trial_id}.parquet", old)
+    # before: a plain reader takes the first file's schema for the folder: the older file's columns win
+    assert not set(OLD_COLUMNS) & set(pd.read_parquet(tmp_path / "run1" / "trials").columns)
+    changes = store.upgrade(trial_id_of_row)
+    assert changes == [f"trial {specs[1].trial_id}: current schema"]
+    for reader, columns in _readers_columns(tmp_path / "run1" / "trials").items():
+        assert columns == TRIAL_SCHEMA.names, reader
+    trials = pd.read_parquet(tmp_path / "run1" / "trials").set_index("trial_id")
+    assert trials.loc[specs[1].trial_id, "test_accuracy"] == 0.7 and pd.isna(trials.loc[specs[1].trial_id, "stop_reason"])
+    assert trials.loc[specs[0].trial_id, "stop_reason"] == "completed"  # the current file kept its values
+    assert store.upgrade(trial_id_of_row) == []  # done once: nothing left to change
+
+
+def test_a_trial_keyed_by_a_weights_path_gets_its_content_id_and_keeps_its_epochs(tmp_path):
+    import hashlib
+
+    from beanlib.studies import trial_id_of_row
+
+    weights = tmp_path / "base.weights.h5"
+    weights.write_bytes(b"pretend weights")
+    digest = hashlib.sha256(b"pretend weights").hexdigest()
+    by_path = {"weights": str(weights), "image_size": 128}
+    store = RunStore(str(tmp_path), "old")
+    store.check_manifest({"study": "inception", "data": "/data", "repeats": 1, "overrides": by_path},
+                         weights_sha256={str(weights): digest})
+    spec = plan("inception", overrides=by_path)[0]
+    history = _result(0.8).history
+    for path_id in ("inception-0ld1d00001", "inception-0ld1d00002"):  # as an older beanlib keyed it (by path), twice:
+        row = {**_row(spec, 0.8), "trial_id": path_id}                # the file moved between two resumes
+        store._write_table("epochs", path_id, [{"run": "old", "trial_id": path_id, **e} for e in history], EPOCH_SCHEMA)
+        store._write_table("trials", path_id, [{**row, "run": "old"}], TRIAL_SCHEMA)
+    weights.rename(tmp_path / "moved.weights.h5")  # upgrading needs the file's content, not the file
+    changes = store.upgrade(trial_id_of_row)
+    assert store.manifest()["overrides"]["weights"] == f"sha256:{digest}"
+    assert f"trial inception-0ld1d00001: id from content, now {spec.trial_id}" in changes
+    trials, epochs = (pd.read_parquet(tmp_path / "old" / kind) for kind in ("trials", "epochs"))
+    assert list(trials["trial_id"]) == [spec.trial_id] and set(epochs["trial_id"]) == {spec.trial_id} and len(epochs) == 2
+    assert sorted(p.name for p in (tmp_path / "old" / "trials").iterdir()) == [f"{spec.trial_id}.parquet"]
+    # the second row of the same trial is kept aside, not lost and not counted
+    assert (tmp_path / "old" / "superseded" / "trials" / "inception-0ld1d00002.parquet").is_file()
+    # and the run's plan, from run.json alone, names the same trial
+    manifest = store.manifest()
+    assert {s.trial_id for s in plan(manifest["study"], overrides=manifest["overrides"])} == {s.trial_id for s in plan("inception", overrides={**by_path, "weights": f"sha256:{digest}"})}
+    assert spec.trial_id in {s.trial_id for s in plan(manifest["study"], overrides=manifest["overrides"])}
+    assert store.upgrade(trial_id_of_row) == []
+
+
+def test_every_committed_run_reads_whole_and_matches_its_plan():
+    """The reference runs under results/: every column for every plain reader, every row a trial of the run's plan."""
+    from pathlib import Path
+
+    runs = sorted(p.parent for p in (Path(__file__).resolve().parents[1] / "results").glob("*/run.json"))
+    assert runs, "no committed runs found"
+    for run in runs:
+        for kind, schema in (("trials", TRIAL_SCHEMA), ("epochs", EPOCH_SCHEMA)):
+            for reader, columns in _readers_columns(run / kind).items():
+                assert columns == schema.names, (run.name, kind, reader)
+        store = RunStore(str(run.parent), run.name)
+        manifest = store.manifest()
+        planned = {s.trial_id for s in plan(manifest["study"], repeats=manifest["repeats"], overrides=manifest["overrides"])}
+        assert set(pd.read_parquet(run / "trials")["trial_id"]) <= planned, run.name
+        assert "/" not in json.dumps(manifest["overrides"]), run.name  # known by content, not by a path

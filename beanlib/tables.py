@@ -1,0 +1,191 @@
+"""The report's tables and sentences: the per-setting summary beside the original study's numbers, each family's
+chosen setting, runtime. Statistics come from beanlib.stats; this module only arranges and words them."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from beanlib.config import CLASS_NAMES
+from beanlib.stats import by_factor, choose, convergence, family_choice, ran_in_full, setting_stats
+
+# SEED_STUDY.md's reported test accuracy (percent) per factor setting, and what else it said.
+ORIGINAL: dict[str, dict[str, tuple[float | None, str]]] = {
+    "kernel_size": {
+        "kernel_size=3": (None, "7?.?% (digits illegible; stated best)"),
+        "kernel_size=5": (69.5, ""),
+        "kernel_size=7": (71.88, ""),
+    },
+    "kernel_counts": {
+        "kernel_counts=3-8-60": (58.59, ""),
+        "kernel_counts=6-16-120": (69.5, ""),
+        "kernel_counts=12-32-240": (None, "not run: out of memory"),
+    },
+    "regularizer": {
+        "regularizer=none": (69.0, "baseline; strong overfitting"),
+        "regularizer=l1": (None, "removes the overfitting (figure only)"),
+        "regularizer=l2": (None, "removes it, higher accuracy than L1 (figure only)"),
+        "regularizer=dropout": (None, "stops overfitting, lower accuracy (figure only)"),
+    },
+    "inception": {
+        "head-only": (77.0, "validation 87%"),
+        "top-2-blocks": (88.0, "validation and test"),
+        "top-3-blocks": (88.0, "about 88%"),
+        "top-6-blocks": (90.0, "starting to overfit"),
+    },
+}
+CONVERGED_WITHIN = 0.02  # "converged": first epoch within 2 accuracy points of the trial's best validation accuracy (ours)
+SUMMARY_COLUMNS = ["factor", "setting", "model", "n", "pruned", "failed", "test_accuracy", "ci95_low", "ci95_high", "std",
+                   "accuracies", "val_accuracy", "val_loss", "best_val_accuracy", "survivors_only", "chosen",
+                   "original_test_accuracy", "original_note", "trainable_params", "total_params", "train_seconds",
+                   "peak_rss_mib", "base"]
+
+
+def summarize(trials: pd.DataFrame) -> pd.DataFrame:
+    """Per factor and setting: `beanlib.stats.setting_stats`, whether it is the factor's choice on validation, its
+    parameters, seconds, memory and base, and the original's number; in the original study's order."""
+    groups = []
+    for (factor, label), g in by_factor(trials).groupby(["factor", "label"], sort=False):
+        ok = ran_in_full(g)
+        original, note = ORIGINAL.get(factor, {}).get(label, (None, ""))
+        groups.append({
+            "factor": factor, "setting": label, "model": g["model"].iloc[0], **setting_stats(g), "chosen": False,
+            "original_test_accuracy": original if original is not None else math.nan, "original_note": note,
+            "trainable_params": _first(g["trainable_params"]), "total_params": _first(g["total_params"]),
+            "train_seconds": float(ok["train_seconds"].mean()) if len(ok) else math.nan,
+            "peak_rss_mib": float(ok["peak_rss_bytes"].max()) / 2**20 if ok["peak_rss_bytes"].notna().any() else math.nan,
+            "base": "; ".join(sorted(set(bases(g)))),
+        })
+    frame = pd.DataFrame(groups, columns=SUMMARY_COLUMNS).astype({"trainable_params": "Int64", "total_params": "Int64"})
+    if frame.empty:
+        return frame
+    for _, rows in frame.groupby("factor", sort=False):
+        chosen = choose(rows)
+        if chosen is not None:
+            frame.loc[chosen, "chosen"] = True
+    order = {name: i for i, name in enumerate(dict.fromkeys([*ORIGINAL, *frame["factor"]]))}
+    settings = {label: i for i, label in enumerate(label for f in ORIGINAL.values() for label in f)}
+    key = frame["factor"].map(order) * 10_000 + frame["setting"].map(lambda s: settings.get(s, 9_999))
+    return frame.assign(_key=key).sort_values(["_key", "setting"]).drop(columns="_key").reset_index(drop=True)
+
+
+def bases(trials: pd.DataFrame) -> list[str]:
+    """Each Inception-v3 row's base, named by beanlib.weights.describe ("" for LeNet rows)."""
+    from beanlib.weights import describe
+
+    sha = trials["weights_sha256"] if "weights_sha256" in trials else pd.Series(None, index=trials.index)
+    return [describe(w, h if isinstance(h, str) else None) if m == "inception" else ""
+            for m, w, h in zip(trials["model"], trials["weights"], sha)]
+
+
+def _first(values: pd.Series) -> int | None:
+    """The first known value (failed trials have no parameter counts), else None."""
+    known = values.dropna()
+    return int(known.iloc[0]) if len(known) else None
+
+
+def factor_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """One factor's settings as the report shows them: the choice, test mean and interval, validation, the original."""
+    def interval(r):
+        return "" if math.isnan(r["ci95_low"]) else f"{r['ci95_low']:.1f} to {r['ci95_high']:.1f}"
+
+    return pd.DataFrame({
+        "setting": rows["setting"],
+        "chosen": rows["chosen"].map({True: "yes", False: ""}),
+        "val acc %": rows["val_accuracy"].map(pct),
+        "test acc %": [pct(v) + (" (survivors only)" if s else "") for v, s in zip(rows["test_accuracy"], rows["survivors_only"])],
+        "95% CI": [interval(r) for _, r in rows.iterrows()],
+        "n": rows["n"],
+        "pruned": rows["pruned"],
+        "failed": rows["failed"],
+        "original %": [note if math.isnan(v) else f"{v:g}" + (f" ({note})" if note else "")
+                       for v, note in zip(rows["original_test_accuracy"], rows["original_note"])],
+        "trainable": rows["trainable_params"].map(lambda v: "" if pd.isna(v) else f"{int(v):,}"),
+        "total": rows["total_params"].map(lambda v: "" if pd.isna(v) else f"{int(v):,}"),
+        "train s": rows["train_seconds"].map(lambda v: "" if math.isnan(v) else f"{v:.0f}"),
+        "base": rows["base"],
+    }).loc[:, lambda t: [c for c in t.columns if c not in ("base", "pruned") or t[c].astype(bool).any()]]
+
+
+def pct(value: float) -> str:
+    return "" if math.isnan(value) else f"{value:.1f}"
+
+
+def family_table(trials: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
+    """Each family's setting chosen on validation, with its test figures averaged over its repeats."""
+    rows = []
+    for model in ("lenet", "inception"):
+        t = family_choice(trials, model)
+        if t.empty:
+            continue
+        converged, gap = zip(*(convergence(epochs, trial_id, CONVERGED_WITHIN) for trial_id in t["trial_id"]))
+        per_class = np.mean([list(a) for a in t["per_class_accuracy"]], axis=0)
+        rows.append({"model": model, "setting": t["setting"].iloc[0], "n": len(t),
+                     "val acc %": f"{100 * t['val_accuracy'].mean():.1f}", "test acc %": f"{100 * t['test_accuracy'].mean():.1f}",
+                     "epochs to converge": _mean_text(converged, "{:.1f}"), "train-val gap (points)": _mean_text(gap, "{:.1f}", 100),
+                     "train s": f"{t['train_seconds'].mean():.0f}", "images/s": f"{t['images_per_second'].mean():.0f}",
+                     "per-class %": ", ".join(f"{c}: {100 * a:.0f}" for c, a in zip(CLASS_NAMES, per_class))})
+    return pd.DataFrame(rows)
+
+
+def _mean_text(values, fmt: str, scale: float = 1.0) -> str:
+    known = [scale * v for v in values if v is not None]
+    return fmt.format(sum(known) / len(known)) if known else ""
+
+
+def backends(trials: pd.DataFrame) -> list[str]:
+    """The Keras backends the rows ran on, with their precisions; rows from before the `backend` column ran on
+    TensorFlow (the only backend beanlib had), in float32."""
+    ran = trials["backend"].fillna("tensorflow") + " " + trials["precision"].fillna("float32")
+    return sorted(ran.unique()) or ["none"]
+
+
+def runtime_table(trials: pd.DataFrame) -> pd.DataFrame:
+    """One line per trial: where it ran, its training and wall seconds, speed, epochs and peak memory."""
+    t = trials.sort_values("start_time")
+    duration = (t["end_time"] - t["start_time"]).dt.total_seconds()
+    return pd.DataFrame({"trial": t["trial_id"], "setting": t["setting"], "repeat": t["repeat"], "status": t["status"],
+                         "device": t["device"] + ", " + t["backend"].fillna("tensorflow"), "node": t["node"],
+                         "train s": t["train_seconds"].map(_number("{:.1f}")), "wall s": duration.map(_number("{:.1f}")),
+                         "images/s": t["images_per_second"].map(_number("{:.0f}")),
+                         "epochs run/planned": [f"{r:.0f}/{p:.0f}" if pd.notna(r) and pd.notna(p) else ""
+                                                for r, p in zip(t["epochs_run"], t["epochs_planned"])],
+                         "peak MiB": (t["peak_rss_bytes"] / 2**20).map(_number("{:.0f}"))})
+
+
+def _number(fmt: str):
+    return lambda v: "" if pd.isna(v) else fmt.format(v)
+
+
+def shared_features(trials: pd.DataFrame) -> str:
+    """The shared Inception-v3 base features' time, said once (it is in no trial's train seconds)."""
+    shared = trials[trials["feature_source"] == "shared"]
+    if shared.empty:
+        return ""
+    seconds = shared.groupby(["weights_sha256", "weights", "image_size"], dropna=False)["shared_feature_seconds"].max().sum()
+    return (f"Inception-v3 base features were computed once by the sweep ({seconds:.0f}s, 0 where read from the cache) "
+            f"and shared by {len(shared)} trials; that time is in none of their train seconds, which cover their own "
+            "fitting and, when fine-tuning, the frozen blocks' output.")
+
+
+def early_stopping(trials: pd.DataFrame) -> str:
+    """How many trials early stopping ended, and the share of planned epochs it saved."""
+    t = trials[(trials["early_stop"].fillna(0) > 0) & trials["epochs_planned"].notna()]
+    run, planned = int(t["epochs_run"].sum()), int(t["epochs_planned"].sum())
+    patience = ", ".join(str(int(p)) for p in sorted(t["early_stop"].unique()))
+    return (f"Early stopping (patience {patience} epochs on validation loss, best weights kept): "
+            f"{int((t['stop_reason'] == 'early_stop').sum())} of {len(t)} trials stopped early; they ran {run} of "
+            f"{planned} planned epochs, {100 * (1 - run / planned):.0f}% of the epoch compute saved.")
+
+
+def speedup(trials: pd.DataFrame) -> str:
+    """The sweep's wall time against its trials' summed time."""
+    t = trials.dropna(subset=["start_time", "end_time"])
+    if t.empty:
+        return ""
+    wall = (t["end_time"].max() - t["start_time"].min()).total_seconds()
+    total = (t["end_time"] - t["start_time"]).dt.total_seconds().sum()
+    return (f"Sweep wall time {wall:.0f}s (first trial start to last trial end) against {total:.0f}s of trial time "
+            f"summed: a parallel speed-up of {total / wall:.2f}x. A resumed sweep's wall time includes the pause.")

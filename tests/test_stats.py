@@ -1,0 +1,76 @@
+"""The verdicts' statistics on simulated studies: a study where no setting differs, one where one does, and the
+winner's curse that choosing on test would bring."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from beanlib.stats import ALPHA, choose, holm, verdict
+
+VAL_IMAGES, TEST_IMAGES = 133, 128  # the beans validation and test splits
+
+
+def _study(rng, means, runs=3, seed_sd=0.02):
+    """One simulated factor: per setting, `runs` trained models of true accuracy mean + seed noise, each scored on
+    a validation and a test split of the beans sizes (binomial counting noise). Rows as beanlib.tables.summarize has them."""
+    rows = []
+    for i, mean in enumerate(means):
+        true = np.clip(rng.normal(mean, seed_sd, runs), 0, 1)
+        val, test = rng.binomial(VAL_IMAGES, true) / VAL_IMAGES, rng.binomial(TEST_IMAGES, true) / TEST_IMAGES
+        rows.append({"setting": f"s{i}", "n": runs, "accuracies": list(100 * test), "test_accuracy": 100 * test.mean(),
+                     "val_accuracy": 100 * val.mean(), "val_loss": 1 - val.mean(), "survivors_only": False})
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("settings, runs", [(3, 3), (4, 3), (4, 5)])
+def test_with_no_real_difference_a_difference_is_claimed_at_most_at_the_nominal_rate(settings, runs):
+    rng = np.random.default_rng(settings * 10 + runs)
+    studies = 2000
+    claims = sum(verdict(_study(rng, [0.75] * settings, runs)).claims_difference for _ in range(studies))
+    margin = 3 * np.sqrt(ALPHA * (1 - ALPHA) / studies)  # three Monte Carlo standard errors
+    assert claims / studies <= ALPHA + margin, claims / studies
+
+
+def test_a_real_lead_is_found_and_chosen():
+    rng = np.random.default_rng(7)
+    verdicts = [verdict(_study(rng, [0.75, 0.75, 0.85])) for _ in range(300)]
+    assert np.mean([v.chosen == "s2" for v in verdicts]) > 0.9
+    assert np.mean([v.claims_difference for v in verdicts]) > 0.5  # 10 points, 3 runs each: about 65% power
+    # when it claims, the chosen setting is mostly ahead of at least one other beyond the noise (Holm costs power with
+    # three runs), and never behind one
+    claimed = [v for v in verdicts if v.claims_difference and v.chosen == "s2"]
+    assert np.mean([any(p < ALPHA and lead > 0 for _, lead, p in v.pairwise) for v in claimed]) > 0.6  # 71% here
+    assert not any(p < ALPHA and lead < 0 for v in claimed for _, lead, p in v.pairwise)
+    assert "s2 is ahead of" in verdicts[0].text() or not verdicts[0].claims_difference
+
+
+def test_the_chosen_settings_test_accuracy_is_not_inflated_by_the_choice():
+    """Choosing on validation and reporting test: where runs differ only by which images each split holds, the
+    chosen setting's test mean is the true accuracy on average. Choosing on test (the maximum of the test means)
+    overstates it by about 2 points here: the winner's curse."""
+    rng = np.random.default_rng(3)
+    studies = [_study(rng, [0.75] * 4, seed_sd=0.0) for _ in range(4000)]
+    chosen = np.mean([s.loc[choose(s), "test_accuracy"] for s in studies])
+    by_test = np.mean([s["test_accuracy"].max() for s in studies])
+    assert abs(chosen - 75.0) < 0.3, chosen
+    assert by_test - 75.0 > 1.5, by_test  # what the report showed before it chose on validation
+
+
+def test_pruned_settings_are_shown_but_never_chosen_nor_tested():
+    rng = np.random.default_rng(0)
+    rows = _study(rng, [0.75, 0.75, 0.95])
+    rows.loc[2, "survivors_only"] = True  # its mean is over the runs ASHA let finish
+    result = verdict(rows)
+    assert result.chosen in ("s0", "s1") and result.settings == 2 and result.left_out == ["s2"]
+    assert "left out: s2" in result.text()
+
+
+def test_one_run_per_setting_is_never_tested():
+    result = verdict(_study(np.random.default_rng(0), [0.7, 0.8, 0.9], runs=1))
+    assert result.omnibus_p is None and not result.claims_difference
+    assert "one run per setting, so run-to-run noise is unknown" in result.text()
+
+
+def test_holm_adjusts_step_down_and_stays_monotone():
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.5]) == [0.5] and holm([0.2, 0.9]) == pytest.approx([0.4, 0.9])
