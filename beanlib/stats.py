@@ -130,7 +130,7 @@ class Verdict:
         parts += [f"{self.chosen} is ahead of {', '.join(ahead)}"] if ahead else []
         parts += [f"behind {', '.join(behind)}"] if behind else []
         parts += [f"not distinguishable from {', '.join(level)}"] if level else []
-        parts += ["so the difference lies among the other settings"] if not (ahead or behind) else []
+        parts += ["no single comparison with it reaches the 5% level after Holm's adjustment"] if not (ahead or behind) else []
         return f"{head}; " + "; ".join(parts) + f" (Welch t-tests, Holm-adjusted){self._left_out()}"
 
     def _left_out(self) -> str:
