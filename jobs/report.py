@@ -20,7 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     from beanlib.report import build_report
 
     report = build_report(args.results, args.out)
-    shown = report.summary[["factor", "setting", "n", "test_accuracy", "ci95_low", "ci95_high", "original_test_accuracy", "trainable_params"]]
+    shown = report.summary[["factor", "setting", "chosen", "n", "val_accuracy", "test_accuracy", "ci95_low", "ci95_high",
+                            "original_test_accuracy", "trainable_params"]]
     with pd.option_context("display.width", 160, "display.max_rows", 200, "display.float_format", "{:.1f}".format):
         print(shown.to_string(index=False))
     if report.missing:

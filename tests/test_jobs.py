@@ -51,6 +51,15 @@ def test_bad_input_is_one_line_on_stderr_and_exit_2(tmp_path, argv, message):
     assert not (tmp_path / "results").exists()  # nothing half-written
 
 
+def test_a_relative_results_folder_under_ray_job_submit_is_refused(tmp_path):
+    """Under `ray job submit` the working directory is Ray's temporary copy: results there would be deleted."""
+    done = subprocess.run([sys.executable, "-m", "jobs.sweep", *SMOKE, "--results", "results"], cwd=REPO, capture_output=True,
+                          text=True, timeout=120, env=_env(RAY_JOB_CONFIG_JSON_ENV_VAR='{"runtime_env": {}}'))
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert done.stderr.startswith("error: --results results is relative, and under `ray job submit`")
+    assert "pass an absolute path or a URI" in done.stderr
+
+
 def test_the_main_job_prints_a_short_calm_console(tmp_path):
     """The README's main job as a new user sees it: the plan, one line per trial, the summary; no C++ log
     line, no Ray Tune table, no traceback."""
@@ -129,6 +138,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _submit(command: list[str], env: dict, wait: float = 180) -> subprocess.CompletedProcess:
+    """`ray job submit`, retried while the head's job agent has not registered yet (HTTP 500, "No available agent"),
+    as a user would: the job is not created by such a refusal, so a retry cannot start it twice."""
+    deadline = time.time() + wait
+    while True:
+        done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+        if "No available agent" not in done.stdout + done.stderr or time.time() > deadline:
+            return done
+        time.sleep(3)
+
+
 def test_ray_job_submit_to_two_local_nodes_writes_the_smoke_study_and_exits_0(tmp_path):
     """Two `ray start` nodes on one machine, as in the field report where every row was written and yet the job
     exited 1: Ray removed the job's working directory under the driver, and Tune's bookkeeping then failed."""
@@ -136,18 +156,25 @@ def test_ray_job_submit_to_two_local_nodes_writes_the_smoke_study_and_exits_0(tm
     # Ray >= 2.52 turns token authentication on for local clusters; the CLI must be told to use it.
     env = _env(RAY_AUTH_MODE="token", RAY_USAGE_STATS_ENABLED="0")
     temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: socket paths
+    # Ports of our own for what Ray fixes by default (the job agent's 52365, the client server's 10001): another Ray on
+    # this machine (a user's, or a sweep running beside the tests) holds those, and a head whose job agent cannot bind
+    # refuses every job with "No available agent".
+    def own_ports() -> list[str]:
+        return [f"--dashboard-agent-listen-port={_free_port()}", f"--metrics-export-port={_free_port()}"]
+
     head = subprocess.run(["ray", "start", "--head", f"--port={port}", f"--dashboard-port={dashboard}", "--num-cpus=1",
-                           "--include-dashboard=true", f"--temp-dir={temp_dir}"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+                           "--include-dashboard=true", f"--temp-dir={temp_dir}", f"--ray-client-server-port={_free_port()}",
+                           *own_ports()], cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
     try:
         assert head.returncode == 0, head.stderr[-3000:]
-        second = subprocess.run(["ray", "start", f"--address=127.0.0.1:{port}", "--num-cpus=1"],
+        second = subprocess.run(["ray", "start", f"--address=127.0.0.1:{port}", "--num-cpus=1", *own_ports()],
                                 cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
         assert second.returncode == 0, second.stderr[-3000:]
         results = tmp_path / "results"  # absolute: the job runs in a copy of the working dir
-        job = subprocess.run(["ray", "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--working-dir", ".",
-                              "--", "python", "-m", "jobs.sweep", *SMOKE, "--results", str(results)],
-                             cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+        # The user's own runtime env sets keys the sweep also sets for its workers: the job's values win, no merge error.
+        runtime_env = '{"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_BACKEND": "tensorflow"}}'
+        job = _submit(["ray", "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--working-dir", ".",
+                       "--runtime-env-json", runtime_env, "--", "python", "-m", "jobs.sweep", *SMOKE, "--results", str(results)], env)
         assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
         assert "smoke: done in" in job.stdout and "Traceback" not in job.stdout + job.stderr
     finally:

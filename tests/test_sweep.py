@@ -50,6 +50,10 @@ def test_sweep_records_every_trial_once_and_a_failure_without_stopping(local_ray
     assert (ok["data_fingerprint"].str.len() == 16).all() and (ok["node"] != "").all() and (ok["device"] == "CPU x1").all()
     tuned = by_setting.loc["top-2-blocks"]
     assert tuned["trainable_params"] == 13_216_131 and tuned["unfreeze_from"] == 249
+    # the base features came from the sweep's one shared computation: said in the row, and not in its train seconds
+    assert tuned["feature_source"] == "shared" and tuned["shared_feature_seconds"] >= 0
+    assert pd.isna(by_setting.loc["kernel_size=5", "feature_source"])
+    assert (ok["peak_rss_bytes"] > 100 * 2**20).all()  # a trial process holds at least its runtime and data
     epochs = pd.read_parquet(tmp_path / "tiny" / "epochs")
     assert list(epochs.columns) == EPOCH_SCHEMA.names
     phases = epochs[epochs["trial_id"] == tuned["trial_id"]].sort_values("epoch")
@@ -114,3 +118,67 @@ def test_asha_prunes_trailing_trials_records_them_and_a_rerun_keeps_them(local_r
     again = run_sweep(opts, out=lambda line: None)  # a re-run runs nothing: pruned trials are finished rows
     assert again.ran == 0
     assert (pd.read_parquet(tmp_path / "grid" / "trials").set_index("trial_id").loc[pruned.index, "end_time"] == pruned["end_time"]).all()
+
+
+def test_asha_is_refused_on_a_study_that_mixes_model_families(tiny_study, tmp_path):
+    from beanlib.errors import BeanlibError
+
+    with pytest.raises(BeanlibError, match="mixes LeNet and Inception-v3.*run one family per sweep"):
+        run_sweep(SweepOptions(study=tiny_study, data="synthetic", results=str(tmp_path), scheduler="asha"), out=lambda line: None)
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("error, status", [
+    (RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1.2GiB"), "oom"),  # JAX's XlaRuntimeError
+    (type("OutOfMemoryError", (RuntimeError,), {})("CUDA out of memory. Tried to allocate"), "oom"),  # torch's
+    (MemoryError(), "oom"),
+    (RuntimeError("shapes do not match"), "error"),
+])
+def test_out_of_memory_is_recognised_on_every_backend(error, status):
+    from beanlib.sweep import _failure_status
+
+    assert _failure_status(error) == status
+
+
+def test_the_jobs_runtime_env_wins_and_is_never_merged_twice(monkeypatch):
+    import json
+
+    from beanlib.sweep import _runtime_env
+
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
+    monkeypatch.setenv("KERAS_BACKEND", "tensorflow")
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
+    assert _runtime_env()["env_vars"] == {"TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"}
+    job = {"runtime_env": {"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2"}, "working_dir": "gcs://x.zip"}}
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps(job))
+    assert _runtime_env()["env_vars"] == {"KERAS_BACKEND": "tensorflow"}
+
+
+def test_a_moved_data_folder_and_weights_file_resume_with_nothing_rerun(local_ray, monkeypatch, tmp_path, jpeg_folder,
+                                                                        pretrained_weights):
+    """A run is known by its inputs' content: the same folder and weights file elsewhere find every trial finished."""
+    import shutil
+
+    study = Study("moved", "one LeNet and one Inception-v3 head at 75px, one epoch, on a tiny JPEG folder",
+                  {"model": "lenet", "image_size": 75, "epochs": 1, "batch_size": 4},
+                  (Factor("both", (("lenet", {}), ("head-only", {"model": "inception"}))),))
+    monkeypatch.setitem(studies.STUDIES, study.name, study)
+    first = tmp_path / "first"
+    first.mkdir()
+    shutil.move(jpeg_folder, first / "beans")
+    shutil.copy(pretrained_weights, first / "base.weights.h5")
+
+    def sweep(where):
+        return run_sweep(SweepOptions(study="moved", data=str(where / "beans"), weights=str(where / "base.weights.h5"),
+                                      results=str(tmp_path / "results")), out=lambda line: None)
+
+    assert sweep(first).ran == 2
+    ids = set(pd.read_parquet(tmp_path / "results" / "moved" / "trials")["trial_id"])
+    shutil.move(first, tmp_path / "second")
+    again = sweep(tmp_path / "second")
+    assert again.ran == 0 and set(again.statuses) == ids and set(again.statuses.values()) == {"ok"}
+    from beanlib.results import RunStore
+
+    manifest = RunStore(str(tmp_path / "results"), "moved").manifest()
+    assert manifest["data"] == str(tmp_path / "second" / "beans")  # where it was read from last: provenance
+    assert manifest["overrides"]["weights"].startswith("sha256:")

@@ -62,8 +62,10 @@ print(json.dumps(result.history[0]["loss"]))
 """
 
 
-def test_the_same_config_gives_the_same_history_only_at_the_same_cpus_per_trial():
-    """What the README says about determinism: the thread count changes how TensorFlow splits its sums."""
+def test_the_same_config_gives_the_same_history_at_the_same_cpus_per_trial():
+    """What the README says about determinism: the same config, seed and thread count give the same history. Another
+    thread count may change how TensorFlow splits its sums (the last digits differ on some machines, not on others):
+    only closeness is asserted there."""
     import json
     import subprocess
     import sys
@@ -72,9 +74,9 @@ def test_the_same_config_gives_the_same_history_only_at_the_same_cpus_per_trial(
         done = subprocess.run([sys.executable, "-c", THREADED_TRIAL, str(cpus)], capture_output=True, text=True, check=True)
         return json.loads(done.stdout.strip().splitlines()[-1])
 
-    one = loss(1)
-    assert loss(1) == one
-    assert loss(2) != one and loss(2) == pytest.approx(one, rel=1e-5)
+    one, two = loss(1), loss(2)
+    assert loss(1) == one and loss(2) == two
+    assert two == pytest.approx(one, rel=1e-5)
 
 
 def test_regularized_test_loss_includes_the_penalty_like_keras_val_loss(tiny_synthetic):
