@@ -51,6 +51,9 @@ def test_report_tables_match_the_sweeps_rows(smoke_run, tmp_path):
     assert "one run per setting, so run-to-run noise is unknown" in markdown and "Partial report" not in markdown
     assert "; Keras backend tensorflow float32. " in markdown and "| CPU x1, tensorflow |" in markdown
     assert "**Inception-v3 base**: random init (not pretrained). Its numbers check the pipeline" in markdown
+    # the sweep's one feature computation is said once, apart from the trials' own seconds; memory per trial is shown
+    assert re.search(r"Inception-v3 base features were computed once by the sweep \(\d+s, .*\) and shared by 4 trials", markdown)
+    assert "| peak MiB |" in markdown
     figures = sorted(p.name for p in (tmp_path / "report" / "figures").iterdir())
     assert figures == ["answer.png", "confusion_inception.png", "confusion_lenet.png", "curves_inception.png",
                        "curves_kernel_counts.png", "curves_kernel_size.png", "curves_regularizer.png"]
