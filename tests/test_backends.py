@@ -115,6 +115,24 @@ def test_the_jax_backend_reaches_every_ray_worker_and_the_run_records_it(tmp_pat
     assert again.returncode == 2 and "different backend" in again.stderr, again.stderr
 
 
+def test_tf_batches_hold_the_arrays_once_and_keep_the_element_shuffles_order():
+    """The claim in beanlib.backend._tf_batches: shuffling indices with a seed and buffer size gives the order that
+    shuffling the elements themselves gave (what older trials used), epoch after epoch; images stay with labels."""
+    import tensorflow as tf
+
+    from beanlib.backend import _tf_batches
+
+    x, y = np.arange(103)[:, None, None].repeat(2, 1).astype(np.float32), np.arange(103)
+    elements = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(103, seed=3, reshuffle_each_iteration=True).batch(8)
+    ours = _tf_batches(x, y, 8, shuffle_seed=3)
+    for _ in range(3):  # each iteration is an epoch, reshuffled
+        theirs, mine = [b[1].numpy().tolist() for b in elements], [b[1].numpy().tolist() for b in ours]
+        assert mine == theirs
+    images, labels = next(iter(ours))
+    assert images.shape == (8, 2, 1) and (images.numpy()[:, 0, 0] == labels.numpy()).all()
+    assert [b[1].numpy().tolist() for b in _tf_batches(x, y, 50, None)] == [list(range(50)), list(range(50, 100)), [100, 101, 102]]
+
+
 def test_pydataset_batches_cover_every_image_each_epoch_reshuffled_from_the_seed():
     from beanlib.backend import _pydataset_batches
 

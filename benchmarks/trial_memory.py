@@ -1,0 +1,72 @@
+"""Peak resident memory of a study's trials, each alone in a fresh process (as a Ray trial runs), with its seconds.
+
+    python -m benchmarks.trial_memory --data PATH [--study seed] [--image-size 299] [--epochs 1]
+        [--only SETTING ...] [--weights PATH] [--limit-gib 4]
+
+Every setting of the study (or those named by --only) runs `epochs` epochs (and as many fine-tune epochs) on one
+CPU thread in a child process that loads the prepared data from the cache, trains, evaluates, and reports its peak
+resident memory (`beanlib.train.peak_rss_bytes`, what the sweep's rows record). Memory does not grow with epochs
+(every epoch reuses the same buffers), so one epoch measures a 20-epoch trial's peak. Prints one line per
+setting and the largest, against --limit-gib.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+CHILD = """
+import json, sys
+from beanlib import backend
+backend.choose(None)
+backend.configure(1)
+from beanlib.data import load_beans
+from beanlib.train import run_trial
+config, data, per_class = json.loads(sys.argv[1]), sys.argv[2], (int(sys.argv[3]) or None)
+result = run_trial(config, load_beans(data, config["image_size"], per_class), cpus=1)
+print(json.dumps({"peak_rss_bytes": result.peak_rss_bytes, "train_seconds": result.train_seconds,
+                  "test_accuracy": result.test_accuracy, "trainable_params": result.trainable_params}))
+"""
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.trial_memory", description=__doc__.splitlines()[0])
+    p.add_argument("--data", required=True)
+    p.add_argument("--study", default="seed")
+    p.add_argument("--image-size", type=int, default=299)
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--weights", default="none", help="Inception-v3 base (default: none, random init: same memory)")
+    p.add_argument("--only", nargs="*", help="settings to run (default: every setting of the study)")
+    p.add_argument("--per-class", type=int, default=0, help="images per class per split (default: all)")
+    p.add_argument("--limit-gib", type=float, default=4.0)
+    args = p.parse_args(argv)
+    from beanlib.data import load_beans
+    from beanlib.studies import plan
+
+    overrides = {"image_size": args.image_size, "epochs": args.epochs, "fine_tune_epochs": args.epochs, "weights": args.weights}
+    specs = [s for s in plan(args.study, overrides=overrides) if not args.only or s.setting in args.only]
+    load_beans(args.data, args.image_size, args.per_class or None)  # decoded once, into the cache the children read
+    print(f"{args.study} at {args.image_size}px, {args.epochs} epoch(s), one CPU thread, one fresh process per trial")
+    peaks = {}
+    for spec in specs:
+        started = time.perf_counter()
+        done = subprocess.run([sys.executable, "-c", CHILD, json.dumps(spec.config.to_dict()), args.data, str(args.per_class)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            print(f"{spec.setting:28s} failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+            continue
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        peaks[spec.setting] = result["peak_rss_bytes"] / 2**30
+        print(f"{spec.setting:28s} peak {peaks[spec.setting]:5.2f} GiB  train {result['train_seconds']:7.1f} s  "
+              f"wall {time.perf_counter() - started:7.1f} s  trainable {result['trainable_params']:,}")
+    if peaks:
+        worst = max(peaks, key=peaks.get)
+        verdict = "within" if peaks[worst] <= args.limit_gib else "OVER"
+        print(f"largest: {worst} at {peaks[worst]:.2f} GiB, {verdict} the {args.limit_gib:g} GiB target")
+
+
+if __name__ == "__main__":
+    main()
