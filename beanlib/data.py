@@ -1,4 +1,5 @@
-"""The beans splits as uint8 arrays at a requested size, from TFDS, a local folder, or the synthetic generator.
+"""A labelled image dataset's splits as uint8 arrays at a requested size: beans from TFDS, any local folder of
+labelled images, or the synthetic beans generator.
 
 `load_beans(source, image_size)` decodes and resizes every image once per
 (source, size, subsample) and keeps the result in an in-process memo and in an
@@ -9,8 +10,10 @@ fingerprint (a hash of its pixels and labels) that goes into every result.
 Sources (the `source` argument, or `--data` on the command line):
 - `"tfds"`: the real TFDS `beans` dataset; downloads on first use into the TFDS
   data dir (`tfds_data_dir`, else `$TFDS_DATA_DIR`, else `~/tensorflow_datasets`).
-- a folder path laid out as `split/class/*.jpg` (the official archives' layout,
-  e.g. an offline copy), read in place.
+- a folder path laid out as `split/class/*` (the official beans archives' layout, e.g.
+  an offline copy, or any dataset's: two or more class folders, the same in every
+  split, images in any format TensorFlow decodes: JPEG, PNG, GIF, BMP), read in place.
+  Labels follow the class folders' names in sorted order (beans: the TFDS order).
 - `"synthetic"`: the seeded procedural stand-in of `beanlib.synthetic`.
 """
 
@@ -36,12 +39,12 @@ SPLITS = ("train", "validation", "test")
 # Images per class in TFDS beans 0.1.0; the synthetic source mirrors them.
 BEANS_COUNTS = {"train": (345, 348, 341), "validation": (44, 45, 44), "test": (43, 43, 42)}
 CACHE_FORMAT = 1  # bump when the prepared arrays change meaning: it is part of every cache key
-LAYOUT_HINT = "a folder laid out as split/class/*.jpg (train, validation, test; angular_leaf_spot, bean_rust, healthy)"
+LAYOUT_HINT = "a folder laid out as split/class/* (train, validation and test, each with the same class folders of images)"
 
 
 @dataclass(frozen=True)
 class Split:
-    """One split: images (N, S, S, 3) uint8 and labels (N,) int64 in the TFDS label order."""
+    """One split: images (N, S, S, 3) uint8 and labels (N,) int64, indices into the dataset's class names."""
 
     images: np.ndarray
     labels: np.ndarray
@@ -52,7 +55,7 @@ class Split:
 
 @dataclass(frozen=True)
 class BeansData:
-    """The three prepared splits, where they came from, and their content fingerprint."""
+    """The three prepared splits, where they came from, their content fingerprint, and the class names (label order)."""
 
     train: Split
     validation: Split
@@ -60,6 +63,11 @@ class BeansData:
     image_size: int
     source: str
     fingerprint: str
+    class_names: tuple[str, ...] = CLASS_NAMES
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
 
     def split(self, name: str) -> Split:
         """The split called `name` (train, validation or test)."""
@@ -67,15 +75,16 @@ class BeansData:
 
     def counts(self) -> dict[str, list[int]]:
         """Images per class in each split."""
-        return {s: np.bincount(self.split(s).labels, minlength=len(CLASS_NAMES)).tolist() for s in SPLITS}
+        return {s: np.bincount(self.split(s).labels, minlength=self.num_classes).tolist() for s in SPLITS}
 
 
 @dataclass(frozen=True)
 class _Source:
-    """A data source resolved from the user's string: a cache identity and a reader."""
+    """A data source resolved from the user's string: a cache identity, a reader, and its class names."""
 
     identity: str  # everything that determines the pixels, for the cache key
     read: Callable[[int, int | None], dict[str, Split]]  # (image_size, per_class) -> splits
+    class_names: tuple[str, ...] = CLASS_NAMES
 
 
 _MEMO: dict[str, BeansData] = {}
@@ -110,16 +119,24 @@ def load_beans(
         stored = str(cached["fingerprint"])
     else:
         splits = resolved.read(image_size, per_class)
-        stored = fingerprint(splits)
+        stored = fingerprint(splits, resolved.class_names)
         arrays = {f"{s}_{k}": getattr(splits[s], k) for s in SPLITS for k in ("images", "labels")}
         write_npz(path, {"fingerprint": np.array(stored), **arrays})
-    _MEMO[key] = BeansData(**splits, image_size=image_size, source=source, fingerprint=stored)
+    _MEMO[key] = BeansData(**splits, image_size=image_size, source=source, fingerprint=stored, class_names=resolved.class_names)
     return _MEMO[key]
 
 
-def fingerprint(splits: dict[str, Split]) -> str:
-    """A short content hash of the pixels and labels of every split."""
+def class_names(source: str, tfds_data_dir: str | None = None) -> tuple[str, ...]:
+    """The class names of a data source in label order, without decoding any image (a folder's layout is checked)."""
+    return _resolve(source, tfds_data_dir, 0).class_names
+
+
+def fingerprint(splits: dict[str, Split], names: tuple[str, ...] = CLASS_NAMES) -> str:
+    """A short content hash of the pixels and labels of every split, and of the class names the labels index (only
+    where they are not beans': beans' fingerprints are what they were before other datasets were read)."""
     digest = hashlib.sha256()
+    if tuple(names) != CLASS_NAMES:
+        digest.update(json.dumps(list(names)).encode())
     for name in SPLITS:
         split = splits[name]
         digest.update(f"{name}:{split.images.shape}".encode())
@@ -179,57 +196,63 @@ def _read_tfds(data_dir: str | None, image_size: int, per_class: int | None) -> 
 
 
 def _folder_source(root: Path) -> _Source:
-    files = _scan_folder(root)
+    names, files = _scan_folder(root)
     listing = [(str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns) for s in SPLITS for c in files[s] for p in c]
-    identity = f"folder:{root.resolve()}:" + hashlib.sha256(json.dumps(listing).encode()).hexdigest()
-    return _Source(identity, lambda size, per_class: _read_folder(files, size, per_class))
+    identity = f"folder:{root.resolve()}:" + hashlib.sha256(json.dumps([names, listing]).encode()).hexdigest()
+    return _Source(identity, lambda size, per_class: _read_folder(files, size, per_class), names)
 
 
-def _scan_folder(root: Path) -> dict[str, list[list[Path]]]:
-    """Check the layout and list each split's image files per class, sorted by name."""
+def _scan_folder(root: Path) -> tuple[tuple[str, ...], dict[str, list[list[Path]]]]:
+    """Check the layout; the class names (sorted folder names) and each split's image files per class, sorted."""
     if not root.is_dir():
         raise BeanlibError(f"data folder {root} does not exist: pass --data tfds, --data synthetic, or {LAYOUT_HINT}")
-    files = {}
+    found = {}
     for split in SPLITS:
         split_dir = root / split
         if not split_dir.is_dir():
             raise BeanlibError(f"data folder {root} has no {split!r} split folder: expected {LAYOUT_HINT}")
-        found = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
-        for name in found:
-            if name not in CLASS_NAMES:
-                raise BeanlibError(
-                    f"unexpected class folder {split_dir / name}: expected only {', '.join(CLASS_NAMES)}; move it out"
-                )
-        for name in CLASS_NAMES:
-            if name not in found:
-                raise BeanlibError(f"missing class folder {split_dir / name}: expected {LAYOUT_HINT}")
+        found[split] = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    names = tuple(found["train"])
+    for split in SPLITS[1:]:
+        if tuple(found[split]) != names:
+            only = lambda a, b: ", ".join(sorted(set(found[a]) - set(found[b]))) or "none"  # noqa: E731
+            raise BeanlibError(f"class folders differ between splits of {root}: only in train: {only('train', split)}; "
+                               f"only in {split}: {only(split, 'train')}: give every split the same class folders")
+    if len(names) < 2:
+        raise BeanlibError(f"data folder {root} has {len(names)} class folder{'s' if len(names) != 1 else ''} "
+                           f"({', '.join(names) or 'none'}): a classifier needs at least 2, {LAYOUT_HINT}")
+    files = {}
+    for split in SPLITS:
         files[split] = []
-        for name in CLASS_NAMES:
-            images = sorted(p for p in (split_dir / name).iterdir() if p.is_file() and not p.name.startswith("."))
+        for name in names:
+            images = sorted(p for p in (root / split / name).iterdir() if p.is_file() and not p.name.startswith("."))
             if not images:
-                raise BeanlibError(f"class folder {split_dir / name} holds no images: restore its files")
+                raise BeanlibError(f"class folder {root / split / name} holds no images: add some, or remove the class from every split")
             files[split].append(images)
-    return files
+    return names, files
 
 
 def _read_folder(files: dict[str, list[list[Path]]], image_size: int, per_class: int | None) -> dict[str, Split]:
-    splits = {}
+    chosen = {split: [(path, label) for label, paths in enumerate(files[split]) for path in paths[:per_class]] for split in SPLITS}
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:  # TF's decode releases the GIL
-        for split in SPLITS:
-            chosen = [(path, label) for label, paths in enumerate(files[split]) for path in paths[:per_class]]
-            images = pool.map(lambda item: resize_uint8(_decode(item[0]), image_size), chosen)
-            splits[split] = _stack(zip(images, (label for _, label in chosen)), image_size)
-    return splits
+        decoded = {split: list(pool.map(lambda item: _decode(item[0], image_size), chosen[split])) for split in SPLITS}
+    failed = [path for split in SPLITS for (path, _), image in zip(chosen[split], decoded[split]) if image is None]
+    if failed:
+        shown = ", ".join(str(p) for p in failed[:5]) + (f" and {len(failed) - 5} more" if len(failed) > 5 else "")
+        raise BeanlibError(f"{len(failed)} file{'s' if len(failed) > 1 else ''} could not be read as an image ({shown}): "
+                           "replace or remove them")
+    return {split: _stack(zip(decoded[split], (label for _, label in chosen[split])), image_size) for split in SPLITS}
 
 
-def _decode(path: Path):
+def _decode(path: Path, image_size: int) -> np.ndarray | None:
+    """One image file as SxSx3 uint8 RGB (grayscale, RGBA and palette images converted), or None when it is not one."""
     tf = decoder_tensorflow()
 
     try:
-        return tf.io.decode_image(tf.io.read_file(str(path)), channels=3, expand_animations=False)
-    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as error:
-        reason = (error.message or "").splitlines()[0][:120] if hasattr(error, "message") else ""
-        raise BeanlibError(f"cannot decode {path} as an image ({reason}): replace or remove the file") from None
+        image = tf.io.decode_image(tf.io.read_file(str(path)), channels=3, expand_animations=False)
+    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError):
+        return None
+    return resize_uint8(image, image_size)
 
 
 # --- synthetic ----------------------------------------------------------------------------------
@@ -257,10 +280,10 @@ NAMED_SOURCES: dict[str, Callable[[str | None, int], _Source]] = {
 
 def _first_per_class(examples: Iterable[tuple[np.ndarray, int]], per_class: int | None):
     """Yield examples in order, at most `per_class` of each label."""
-    seen = [0] * len(CLASS_NAMES)
+    seen: dict[int, int] = {}
     for image, label in examples:
-        if per_class is None or seen[label] < per_class:
-            seen[label] += 1
+        if per_class is None or seen.get(label, 0) < per_class:
+            seen[label] = seen.get(label, 0) + 1
             yield image, label
 
 

@@ -51,11 +51,12 @@ def confusion(runs: pd.DataFrame, out: Path) -> Path:
     """The test confusion matrix of a setting's runs, summed, as a labelled heat map (rows: true, columns: predicted)."""
     matrix = np.sum([np.array([list(row) for row in m]) for m in runs["confusion_matrix"]], axis=0)
     first = runs.iloc[0]
-    fig, ax = plt.subplots(figsize=(4.6, 4))
+    fig, ax = plt.subplots(figsize=(max(4.6, 0.9 * len(matrix) + 2), max(4, 0.8 * len(matrix) + 1.6)))
     ax.imshow(matrix, cmap="Blues")
     for (i, j), count in np.ndenumerate(matrix):
         ax.text(j, i, int(count), ha="center", va="center", color="white" if count > matrix.max() / 2 else "black")
-    short = [name.replace("_", " ") for name in CLASS_NAMES]
+    known = runs["class_names"].dropna() if "class_names" in runs else []
+    short = [name.replace("_", " ") for name in (known.iloc[0] if len(known) else CLASS_NAMES)]
     ax.set_xticks(range(len(short)), short, rotation=20, fontsize=8)
     ax.set_yticks(range(len(short)), short, fontsize=8)
     ax.set_xlabel("predicted")

@@ -1,7 +1,7 @@
 """The study's two model families, as Keras 3 functional models built from a TrialConfig.
 
 Both take uint8-range images (resized in the data pipeline) and rescale inside
-the model, and both output logits for the 3 classes.
+the model, and both output logits for the data's classes (3 for beans).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import keras
 from keras import layers
 
-from beanlib.config import NUM_CLASSES, TrialConfig
+from beanlib.config import NUM_CLASSES, TrialConfig  # NUM_CLASSES: beans', the default
 from beanlib.weights import load_inception_base
 
 
@@ -42,8 +42,8 @@ KERNEL_REGULARIZERS = {
 }
 
 
-def build_lenet(config: TrialConfig) -> Built:
-    """The original's LeNet: three valid 'relu' convs with 2x2 max-pooling between, Dense(50), Dense(3) logits."""
+def build_lenet(config: TrialConfig, num_classes: int = NUM_CLASSES) -> Built:
+    """The original's LeNet: three valid 'relu' convs with 2x2 max-pooling between, Dense(50), one logit per class."""
     size = config.image_size
     regularizer = KERNEL_REGULARIZERS[config.regularizer](config.reg_strength)
     inputs = keras.Input((size, size, 3), name="image")
@@ -56,7 +56,7 @@ def build_lenet(config: TrialConfig) -> Built:
             x = layers.MaxPooling2D(2, name=f"pool{i + 1}")(x)
     x = layers.Flatten()(x)
     x = layers.Dense(50, activation="relu", name="dense")(x)
-    outputs = layers.Dense(NUM_CLASSES, name="logits", dtype="float32")(x)  # float32 logits and loss at any precision
+    outputs = layers.Dense(num_classes, name="logits", dtype="float32")(x)  # float32 logits and loss at any precision
     return Built(keras.Model(inputs, outputs, name="lenet"))
 
 
@@ -90,9 +90,9 @@ BATCHNORM_MODES = {
 }
 
 
-def build_inception(config: TrialConfig) -> Built:
+def build_inception(config: TrialConfig, num_classes: int = NUM_CLASSES) -> Built:
     """Inception-v3 transfer model: [-1,1] rescale, the base (BatchNorm per `config.batchnorm`), GAP,
-    Dense(1024, relu), Dense(3) logits.
+    Dense(1024, relu), one logit per class.
 
     The base is built frozen (head-only phase); `set_unfrozen` opens it for fine-tuning.
     """
@@ -102,7 +102,7 @@ def build_inception(config: TrialConfig) -> Built:
 
     pooled_in = keras.Input((base.output_shape[-1],), name="pooled")
     hidden = layers.Dense(1024, activation="relu", name="head_dense")(pooled_in)  # activation not stated (ours)
-    head = keras.Model(pooled_in, layers.Dense(NUM_CLASSES, name="logits", dtype="float32")(hidden), name="head")
+    head = keras.Model(pooled_in, layers.Dense(num_classes, name="logits", dtype="float32")(hidden), name="head")
 
     inputs = keras.Input((size, size, 3), name="image")
     x = _inception_rescaling()(inputs)
@@ -155,13 +155,14 @@ def count_params(weights) -> int:
 BUILDERS = {"lenet": build_lenet, "inception": build_inception}
 
 
-def build(config: TrialConfig) -> Built:
-    """The model for `config.model`, picked from BUILDERS, built under the config's precision (a Keras dtype policy:
-    mixed ones compute in 16 bits and keep float32 weights; Keras adds loss scaling to mixed_float16 at compile)."""
+def build(config: TrialConfig, num_classes: int = NUM_CLASSES) -> Built:
+    """The model for `config.model` with `num_classes` logits, picked from BUILDERS, built under the config's
+    precision (a Keras dtype policy: mixed ones compute in 16 bits and keep float32 weights; Keras adds loss
+    scaling to mixed_float16 at compile)."""
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(config.precision)
     try:
-        return BUILDERS[config.model](config)
+        return BUILDERS[config.model](config, num_classes)
     finally:
         keras.config.set_dtype_policy(previous)
 
@@ -169,8 +170,9 @@ def build(config: TrialConfig) -> Built:
 _COUNTS: dict[tuple, tuple[int, int]] = {}
 
 
-def parameter_counts(config: TrialConfig) -> tuple[int, int]:
-    """(trainable in the trial's last phase, total) parameters of the model `config` builds; memoised per architecture."""
+def parameter_counts(config: TrialConfig, num_classes: int = NUM_CLASSES) -> tuple[int, int]:
+    """(trainable in the trial's last phase, total) parameters of the model `config` builds for `num_classes`
+    classes; memoised per architecture."""
     import dataclasses
 
     # Training settings and weights do not change the counts: key and build without them (random init, no download).
@@ -178,9 +180,9 @@ def parameter_counts(config: TrialConfig) -> tuple[int, int]:
     if config.model == "inception":
         training_only |= {"weights": "none", "batchnorm": "inference", "fine_tune_epochs": 1, "fine_tune_learning_rate": 1.0, "feature_cache": True}
     arch = dataclasses.replace(config, **training_only)
-    key = (arch, config.phases)  # the phases decide whether the base is opened for fine-tuning
+    key = (arch, config.phases, num_classes)  # the phases decide whether the base is opened for fine-tuning
     if key not in _COUNTS:
-        built = build(arch)
+        built = build(arch, num_classes)
         if "fine_tune" in config.phases:
             set_unfrozen(built, config.unfreeze_from)
         _COUNTS[key] = (count_params(built.model.trainable_weights), built.model.count_params())

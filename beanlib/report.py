@@ -126,7 +126,8 @@ def _compose(trials, epochs, manifest, store, out: Path):
     pruned = trials[trials["status"] == "pruned"]
     tested = int(trials["confusion_matrix"].dropna().map(lambda m: sum(map(sum, m))).max() or 0) if trials["confusion_matrix"].notna().any() else 0
     doc.h(1, f"beanlib report: run `{store.run}` (study `{manifest.get('study')}`)")
-    doc.p(f"Data `{manifest.get('data')}`; {len(trials)} trial rows, "
+    doc.p(f"Data `{manifest.get('data')}` ({len(tables.class_names(trials))} classes: {', '.join(tables.class_names(trials))}); "
+          f"{len(trials)} trial rows, "
           f"{int(trials['status'].isin(RAN_IN_FULL).sum())} ran in full, {len(pruned)} pruned, {len(failed)} failed or diverged; "
           f"options {json.dumps(manifest.get('overrides', {}))}, repeats {manifest.get('repeats')}, "
           f"images per class {manifest.get('per_class') or 'all'}; Keras backend {', '.join(tables.backends(trials))}. "

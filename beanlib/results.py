@@ -81,7 +81,7 @@ TRIAL_SCHEMA = pa.schema(
         ("test_accuracy", pa.float64()),
         ("best_val_accuracy", pa.float64()),
         ("best_epoch", pa.int64()),
-        ("per_class_accuracy", pa.list_(pa.float64())),  # in the label order angular_leaf_spot, bean_rust, healthy
+        ("per_class_accuracy", pa.list_(pa.float64())),  # in the label order of class_names
         ("confusion_matrix", pa.list_(pa.list_(pa.int64()))),  # rows: true class, columns: predicted
         ("trainable_params", pa.int64()),
         ("total_params", pa.int64()),
@@ -100,6 +100,7 @@ TRIAL_SCHEMA = pa.schema(
         ("start_time", pa.timestamp("us", tz="UTC")),
         ("end_time", pa.timestamp("us", tz="UTC")),
         ("data_fingerprint", pa.string()),
+        ("class_names", pa.list_(pa.string())),  # the data's classes in label order (null in rows from before: beans')
         ("beanlib_commit", pa.string()),
         ("tensorflow_version", pa.string()),
         ("keras_version", pa.string()),

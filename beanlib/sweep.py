@@ -25,7 +25,8 @@ from ray import tune
 
 from beanlib import backend
 from beanlib.console import hide_native_logs
-from beanlib.data import load_beans
+from beanlib.config import CLASS_NAMES
+from beanlib.data import class_names, load_beans
 from beanlib.errors import BeanlibError
 from beanlib.results import FINISHED, RunStore, provenance, trial_row
 from beanlib.studies import STUDIES, TrialSpec, estimated_cost, plan, trial_id_of_row
@@ -126,7 +127,7 @@ def run_sweep(opts: SweepOptions, out: Callable[[str], None] = print, progress: 
     done = store.finished()
     todo = sorted((s for s in specs if done.get(s.trial_id) not in FINISHED), key=lambda s: -estimated_cost(s.config))
     if opts.dry_run:
-        _print_plan(specs, done, out)
+        _print_plan(specs, done, out, len(class_names(opts.data)))
         return SweepSummary(len(specs), 0, done)
     # Bad data fails here, before anything is written: decoded once, in the driver. Every planned size, finished or
     # not: the run is matched by the data's content (its fingerprint), wherever the folder lies now.
@@ -136,6 +137,8 @@ def run_sweep(opts: SweepOptions, out: Callable[[str], None] = print, progress: 
     # Keys older runs do not have are recorded only when set away from their defaults.
     scheduler = {"scheduler": opts.scheduler} if opts.scheduler != "fifo" else {}
     scheduler |= {"backend": chosen} if chosen != backend.DEFAULT else {}
+    names = next(iter(data.values())).class_names
+    scheduler |= {"classes": list(names)} if names != CLASS_NAMES else {}  # beans' runs keep the run.json they had
     overrides = {**opts.overrides(), **({"weights": content_identity(opts.overrides()["weights"])} if opts.weights else {})}
     store.check_manifest({"study": opts.study, "data": source, "repeats": opts.repeats, "per_class": per_class,
                           "overrides": overrides, **scheduler}, data_fingerprints=fingerprints,
@@ -427,13 +430,14 @@ class _WriteResults(tune.Callback):
                  + (f" ({row['error']})" if row.get("error") else ""))
 
 
-def _print_plan(specs: list[TrialSpec], done: dict[str, str], out: Callable[[str], None]) -> None:
-    """The dry-run table: one line per trial with its factor, setting, config and parameter counts."""
+def _print_plan(specs: list[TrialSpec], done: dict[str, str], out: Callable[[str], None], num_classes: int) -> None:
+    """The dry-run table: one line per trial with its factor, setting, config and parameter counts (for the data's
+    `num_classes` classes)."""
     from beanlib.models import parameter_counts
 
     out(f"{'trial_id':18s} {'factor':36s} {'setting':26s} {'rep':>3s} {'trainable':>11s} {'total':>11s}  status  config")
     for spec in specs:
-        trainable, total = parameter_counts(spec.config)
+        trainable, total = parameter_counts(spec.config, num_classes)
         shown = {k: v for k, v in spec.config.to_dict().items() if v is not None}
         out(f"{spec.trial_id:18s} {spec.factor:36s} {spec.setting:26s} {spec.repeat:3d} {trainable:11,d} {total:11,d}  "
             f"{done.get(spec.trial_id, 'todo'):6s}  {json.dumps(shown)}")

@@ -45,11 +45,12 @@ SUMMARY_COLUMNS = ["factor", "setting", "model", "n", "pruned", "failed", "test_
 
 def summarize(trials: pd.DataFrame) -> pd.DataFrame:
     """Per factor and setting: `beanlib.stats.setting_stats`, whether it is the factor's choice on validation, its
-    parameters, seconds, memory and base, and the original's number; in the original study's order."""
+    parameters, seconds, memory and base, and (on beans only) the original's number; in the original study's order."""
     groups = []
+    original_numbers = ORIGINAL if class_names(trials) == CLASS_NAMES else {}
     for (factor, label), g in by_factor(trials).groupby(["factor", "label"], sort=False):
         ok = ran_in_full(g)
-        original, note = ORIGINAL.get(factor, {}).get(label, (None, ""))
+        original, note = original_numbers.get(factor, {}).get(label, (None, ""))
         groups.append({
             "factor": factor, "setting": label, "model": g["model"].iloc[0], **setting_stats(g), "chosen": False,
             "original_test_accuracy": original if original is not None else math.nan, "original_note": note,
@@ -69,6 +70,12 @@ def summarize(trials: pd.DataFrame) -> pd.DataFrame:
     settings = {label: i for i, label in enumerate(label for f in ORIGINAL.values() for label in f)}
     key = frame["factor"].map(order) * 10_000 + frame["setting"].map(lambda s: settings.get(s, 9_999))
     return frame.assign(_key=key).sort_values(["_key", "setting"]).drop(columns="_key").reset_index(drop=True)
+
+
+def class_names(trials: pd.DataFrame) -> tuple[str, ...]:
+    """The run's classes in label order, from its rows (rows from before the column: beans')."""
+    known = trials["class_names"].dropna() if "class_names" in trials else pd.Series(dtype=object)
+    return tuple(known.iloc[0]) if len(known) else CLASS_NAMES
 
 
 def bases(trials: pd.DataFrame) -> list[str]:
@@ -106,7 +113,7 @@ def factor_table(rows: pd.DataFrame) -> pd.DataFrame:
         "total": rows["total_params"].map(lambda v: "" if pd.isna(v) else f"{int(v):,}"),
         "train s": rows["train_seconds"].map(lambda v: "" if math.isnan(v) else f"{v:.0f}"),
         "base": rows["base"],
-    }).loc[:, lambda t: [c for c in t.columns if c not in ("base", "pruned") or t[c].astype(bool).any()]]
+    }).loc[:, lambda t: [c for c in t.columns if c not in ("base", "pruned", "original %") or t[c].astype(bool).any()]]
 
 
 def pct(value: float) -> str:
@@ -126,7 +133,7 @@ def family_table(trials: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
                      "val acc %": f"{100 * t['val_accuracy'].mean():.1f}", "test acc %": f"{100 * t['test_accuracy'].mean():.1f}",
                      "epochs to converge": _mean_text(converged, "{:.1f}"), "train-val gap (points)": _mean_text(gap, "{:.1f}", 100),
                      "train s": f"{t['train_seconds'].mean():.0f}", "images/s": f"{t['images_per_second'].mean():.0f}",
-                     "per-class %": ", ".join(f"{c}: {100 * a:.0f}" for c, a in zip(CLASS_NAMES, per_class))})
+                     "per-class %": ", ".join(f"{c}: {100 * a:.0f}" for c, a in zip(class_names(trials), per_class))})
     return pd.DataFrame(rows)
 
 

@@ -16,7 +16,7 @@ import keras
 import numpy as np
 
 from beanlib import backend
-from beanlib.config import NUM_CLASSES, TrialConfig
+from beanlib.config import TrialConfig
 from beanlib.data import SPLITS, BeansData
 from beanlib.features import INFERENCE_BATCH, compute_features, features_key
 from beanlib.models import build, count_params, set_unfrozen, split_at_block
@@ -38,8 +38,9 @@ class TrialResult:
     val_accuracy: float | None = None
     test_loss: float | None = None
     test_accuracy: float | None = None
-    per_class_accuracy: list[float] | None = None
+    per_class_accuracy: list[float] | None = None  # in the order of class_names
     confusion_matrix: list[list[int]] | None = None  # rows: true class, columns: predicted
+    class_names: list[str] | None = None  # the data's classes, in label order
     best_val_accuracy: float | None = None
     best_epoch: int | None = None
     trainable_params: int = 0  # in the last phase
@@ -96,7 +97,7 @@ def run_trial(
         raise ValueError(f"data prepared at {data.image_size}px but the config asks for {config.image_size}px")
     backend.configure(cpus, gpu_share, use_gpu)
     keras.utils.set_random_seed(config.seed)
-    built = build(config)
+    built = build(config, data.num_classes)
     trial = _Trial(config, data, built, _EpochRecorder(on_epoch))
     PHASE_RUNNERS[config.model](trial, features)
     return trial.finish()
@@ -108,7 +109,7 @@ def prepare_features(config: TrialConfig | Mapping[str, Any], data: BeansData, *
         config = TrialConfig.from_dict(config)
     backend.configure(cpus)
     keras.utils.set_random_seed(config.seed)  # random-init weights must match the trial's own build
-    return compute_features(build(config).features, config, data)
+    return compute_features(build(config, data.num_classes).features, config, data)
 
 
 def peak_rss_bytes() -> int:
@@ -185,6 +186,7 @@ class _Trial:
             feature_source=self.feature_source,
             shared_feature_seconds=self.shared_feature_seconds,
             data_fingerprint=self.data.fingerprint,
+            class_names=list(self.data.class_names),
         ).summarize_history(self.restored)  # restored: the epoch whose weights the trial ends with
         if self.recorder.status != "diverged":  # NaN weights predict nothing worth recording
             self._evaluate(result)
@@ -199,10 +201,11 @@ class _Trial:
         penalty = float(sum(float(loss) for loss in self.evaluator.losses))
         result.test_loss = float(np.mean(log_norm - logits[np.arange(len(labels)), labels])) + penalty
         predicted = logits.argmax(1)
-        confusion = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
+        n = self.data.num_classes
+        confusion = np.zeros((n, n), np.int64)
         np.add.at(confusion, (labels, predicted), 1)
         result.test_accuracy = float(np.mean(predicted == labels))
-        result.per_class_accuracy = [float(confusion[c, c] / max(confusion[c].sum(), 1)) for c in range(NUM_CLASSES)]
+        result.per_class_accuracy = [float(confusion[c, c] / max(confusion[c].sum(), 1)) for c in range(n)]
         result.confusion_matrix = confusion.tolist()
 
 

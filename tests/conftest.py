@@ -63,3 +63,32 @@ def jpeg_folder(tmp_path) -> Path:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(tf.io.encode_jpeg(np.random.default_rng(i).integers(0, 255, (20, 20, 3), dtype=np.uint8)).numpy())
     return root
+
+
+def _image(path: Path, pixels) -> None:
+    """Write `pixels` (HxW gray, HxWx3 RGB or HxWx4 RGBA) as PNG, or as a palette PNG when the name ends in .p.png."""
+    from PIL import Image
+
+    image = Image.fromarray(pixels)
+    (image.convert("P", palette=Image.Palette.ADAPTIVE) if path.name.endswith(".p.png") else image).save(path, format="PNG")
+
+
+@pytest.fixture
+def five_classes(tmp_path) -> Path:
+    """Five classes of flat-coloured images, two per class per split, in every mode: RGB, gray, RGBA, palette PNGs."""
+    root = tmp_path / "shapes"
+    import numpy as np
+
+    from beanlib.data import SPLITS
+
+    colours = {"circle": (200, 30, 30), "square": (30, 200, 30), "star": (30, 30, 200), "moon": (200, 200, 30), "leaf": (30, 200, 200)}
+    for split in SPLITS:
+        for c, (name, colour) in enumerate(colours.items()):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            rgb = np.full((24, 30, 3), colour, np.uint8)
+            modes = [("a.png", rgb), ("b.p.png", rgb), ("c.png", rgb.mean(-1).astype(np.uint8)),
+                     ("d.png", np.dstack([rgb, np.full((24, 30), 255, np.uint8)]))]
+            for file_name, pixels in modes[c % 2 * 2: c % 2 * 2 + 2]:  # two modes per class, all four across classes
+                _image(folder / file_name, pixels)
+    return root

@@ -60,8 +60,17 @@ def test_real_beans_folder_is_read_in_place(beans_dir):
     assert d.counts() == {s: [4, 4, 4] for s in SPLITS}
     assert d.train.images.shape == (12, 48, 48, 3) and d.train.images.dtype == np.uint8
     assert d.train.images.std() > 20  # real photos, not blank
-    files = data_module._scan_folder(beans_dir)
+    names, files = data_module._scan_folder(beans_dir)
+    assert names == CLASS_NAMES == d.class_names  # sorted folder names: TFDS's label order
     assert {s: [len(c) for c in files[s]] for s in SPLITS} == {s: list(n) for s, n in BEANS_COUNTS.items()}
+
+
+def test_real_beans_keep_the_fingerprint_their_committed_runs_recorded(beans_dir):
+    """Reading any dataset changed how folders are read; beans' content identity (and so every run's match) did not."""
+    import json
+
+    recorded = json.loads((Path(__file__).resolve().parents[1] / "results" / "seed-128" / "run.json").read_text())
+    assert load_beans(str(beans_dir), 128).fingerprint == recorded["data_fingerprints"]["128"]
 
 
 def test_tfds_source_on_mock_data():
@@ -100,11 +109,17 @@ def test_a_small_good_folder_loads(jpeg_folder, tmp_path):
     [
         (lambda root: root.rename(root.with_name("gone")), r"data folder .*beans does not exist"),
         (lambda root: _rmtree(root / "validation"), r"has no 'validation' split folder"),
-        (lambda root: (root / "train" / "powdery_mildew").mkdir(), r"unexpected class folder .*powdery_mildew"),
-        (lambda root: _rmtree(root / "test" / "healthy"), r"missing class folder .*test/healthy"),
-        (lambda root: (root / "train" / "bean_rust" / "bean_rust_train.0.jpg").unlink(), r"train/bean_rust holds no images"),
-        (lambda root: (root / "test" / "healthy" / "notes.txt").write_text("not an image"), r"cannot decode .*notes.txt"),
-        (lambda root: (root / "train" / "healthy" / "cut.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated"), r"cannot decode .*cut.jpg"),
+        (lambda root: (root / "train" / "powdery_mildew").mkdir(),
+         r"class folders differ between splits of .*: only in train: powdery_mildew; only in validation: none: give every split"),
+        (lambda root: _rmtree(root / "test" / "healthy"), r"class folders differ .*only in train: healthy; only in test: none"),
+        (lambda root: (root / "train" / "bean_rust" / "bean_rust_train.0.jpg").unlink(),
+         r"train/bean_rust holds no images: add some, or remove the class from every split"),
+        (lambda root: [_rmtree(root / s / c) for s in SPLITS for c in CLASS_NAMES[1:]],
+         r"has 1 class folder \(angular_leaf_spot\): a classifier needs at least 2"),
+        (lambda root: (root / "test" / "healthy" / "notes.txt").write_text("not an image"),
+         r"^1 file could not be read as an image \(.*test/healthy/notes.txt\): replace or remove them$"),
+        (lambda root: [(root / "train" / "healthy" / f"cut{i}.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated") for i in range(7)],
+         r"^7 files could not be read as an image \(.*cut0.jpg, .*cut4.jpg and 2 more\)"),
     ],
 )
 def test_bad_folders_get_a_one_line_error_naming_the_problem(jpeg_folder, tmp_path, breakage, message):
@@ -127,3 +142,22 @@ def test_bad_arguments_are_refused():
         load_beans("synthetic", 32, per_class=0)
     with pytest.raises(BeanlibError, match="image_size must be a positive integer"):
         load_beans("synthetic", 0)
+
+
+# --- any labelled image folder -------------------------------------------------------------------
+
+
+def test_any_folder_of_labelled_images_loads_with_its_class_names_in_sorted_order(five_classes, tmp_path):
+    d = load_beans(str(five_classes), 16, cache_dir=tmp_path / "cache")
+    assert d.class_names == ("circle", "leaf", "moon", "square", "star") and d.num_classes == 5
+    assert d.counts() == {s: [2] * 5 for s in SPLITS}
+    assert d.train.images.shape == (10, 16, 16, 3) and d.train.images.dtype == np.uint8
+    # every mode became RGB: a palette image keeps its colour, a gray one is gray in all three channels
+    circle = d.train.images[d.train.labels == 0]  # "circle": red, written as RGB and as a palette PNG
+    assert (np.abs(circle[:, 8, 8].astype(int) - (200, 30, 30)) <= 2).all()
+    moon = d.train.images[d.train.labels == 2]  # "moon": written as gray (c.png) and as RGBA (d.png)
+    assert moon[0, 8, 8, 0] == moon[0, 8, 8, 1] == moon[0, 8, 8, 2] == 143  # the gray value, in all three channels
+    assert (np.abs(moon[1, 8, 8].astype(int) - (200, 200, 30)) <= 2).all()
+    assert data_module.class_names(str(five_classes)) == d.class_names  # without decoding anything
+    beans_like = load_beans("synthetic", 16, per_class=1)
+    assert beans_like.class_names == CLASS_NAMES

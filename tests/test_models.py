@@ -92,3 +92,14 @@ def test_inception_weights_from_a_local_file(tmp_path):
     loaded = build(TrialConfig.from_dict({"model": "inception", "weights": str(path), "image_size": 75}))
     for a, b in zip(source.base.weights[:5], loaded.base.weights[:5]):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_both_families_take_their_output_size_from_the_data():
+    from beanlib.models import parameter_counts
+
+    small = TrialConfig.from_dict({"model": "lenet", "image_size": 64})
+    assert build(small, 5).model.output_shape == (None, 5)
+    three, five = parameter_counts(small), parameter_counts(small, 5)
+    assert five[0] - three[0] == five[1] - three[1] == 2 * 51  # Dense(50 -> n): 51 parameters per class
+    head = TrialConfig.from_dict({"model": "inception", "image_size": 75, "weights": "none"})
+    assert parameter_counts(head, 7)[0] - parameter_counts(head)[0] == 4 * 1025  # Dense(1024 -> n)

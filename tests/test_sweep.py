@@ -182,3 +182,29 @@ def test_a_moved_data_folder_and_weights_file_resume_with_nothing_rerun(local_ra
     manifest = RunStore(str(tmp_path / "results"), "moved").manifest()
     assert manifest["data"] == str(tmp_path / "second" / "beans")  # where it was read from last: provenance
     assert manifest["overrides"]["weights"].startswith("sha256:")
+
+
+def test_a_five_class_folder_runs_end_to_end_with_its_class_names(local_ray, monkeypatch, tmp_path, five_classes):
+    from beanlib.models import parameter_counts
+    from beanlib.report import build_report
+    from beanlib.results import RunStore
+
+    study = Study("shapes", "a LeNet and an Inception-v3 head on five classes of PNGs in every mode",
+                  {"model": "lenet", "image_size": 75, "epochs": 1, "batch_size": 4, "weights": "none"},
+                  (Factor("family", (("lenet", {}), ("head-only", {"model": "inception"}))),))
+    monkeypatch.setitem(studies.STUDIES, study.name, study)
+    names = ["circle", "leaf", "moon", "square", "star"]
+    lenet = studies.plan(study)[0].config
+    plan_lines = []
+    run_sweep(SweepOptions(study="shapes", data=str(five_classes), results=str(tmp_path), dry_run=True), out=plan_lines.append)
+    assert any(f"{parameter_counts(lenet, 5)[0]:,}" in line for line in plan_lines if " lenet " in line)  # 5 logits
+    summary = run_sweep(SweepOptions(study="shapes", data=str(five_classes), results=str(tmp_path)), out=lambda line: None)
+    assert summary.failed == 0
+    trials = pd.read_parquet(tmp_path / "shapes" / "trials").set_index("setting")
+    assert all(list(n) == names for n in trials["class_names"])
+    assert all(len(m) == 5 and len(a) == 5 for m, a in zip(trials["confusion_matrix"], trials["per_class_accuracy"]))
+    assert trials.loc["lenet", "total_params"] == parameter_counts(lenet, 5)[1]
+    assert RunStore(str(tmp_path), "shapes").manifest()["classes"] == names
+    markdown = (build_report(str(tmp_path / "shapes")).out_dir / "report.md").read_text()
+    assert "(5 classes: circle, leaf, moon, square, star)" in markdown and "circle: " in markdown
+    assert "original %" not in markdown  # the original study's numbers are beans' only
