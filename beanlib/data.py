@@ -12,8 +12,9 @@ Sources (the `source` argument, or `--data` on the command line):
   data dir (`tfds_data_dir`, else `$TFDS_DATA_DIR`, else `~/tensorflow_datasets`).
 - a folder path laid out as `split/class/*` (the official beans archives' layout, e.g.
   an offline copy, or any dataset's: two or more class folders, the same in every
-  split, images in any format TensorFlow decodes: JPEG, PNG, GIF, BMP), read in place.
-  Labels follow the class folders' names in sorted order (beans: the TFDS order).
+  split, images in any format TensorFlow decodes: JPEG, PNG, GIF, BMP), read in place;
+  or as `class/*`, which is split for the user (CARVE_FRACTIONS). Labels follow the
+  class folders' names in sorted order (beans: the TFDS order).
 - `"synthetic"`: the seeded procedural stand-in of `beanlib.synthetic`.
 """
 
@@ -64,6 +65,7 @@ class BeansData:
     source: str
     fingerprint: str
     class_names: tuple[str, ...] = CLASS_NAMES
+    carved: tuple | None = None  # the split beanlib made (source without one): (file or item, class, split) rows
 
     @property
     def num_classes(self) -> int:
@@ -85,6 +87,7 @@ class _Source:
     identity: str  # everything that determines the pixels, for the cache key
     read: Callable[[int, int | None], dict[str, Split]]  # (image_size, per_class) -> splits
     class_names: tuple[str, ...] = CLASS_NAMES
+    carved: tuple | None = None  # a split made for a source without one: (item, class, split) rows
 
 
 _MEMO: dict[str, BeansData] = {}
@@ -122,7 +125,8 @@ def load_beans(
         stored = fingerprint(splits, resolved.class_names)
         arrays = {f"{s}_{k}": getattr(splits[s], k) for s in SPLITS for k in ("images", "labels")}
         write_npz(path, {"fingerprint": np.array(stored), **arrays})
-    _MEMO[key] = BeansData(**splits, image_size=image_size, source=source, fingerprint=stored, class_names=resolved.class_names)
+    _MEMO[key] = BeansData(**splits, image_size=image_size, source=source, fingerprint=stored, class_names=resolved.class_names,
+                           carved=resolved.carved)
     return _MEMO[key]
 
 
@@ -196,40 +200,80 @@ def _read_tfds(data_dir: str | None, image_size: int, per_class: int | None) -> 
 
 
 def _folder_source(root: Path) -> _Source:
-    names, files = _scan_folder(root)
+    names, files, carved = _scan_folder(root)
     listing = [(str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns) for s in SPLITS for c in files[s] for p in c]
     identity = f"folder:{root.resolve()}:" + hashlib.sha256(json.dumps([names, listing]).encode()).hexdigest()
-    return _Source(identity, lambda size, per_class: _read_folder(files, size, per_class), names)
+    return _Source(identity, lambda size, per_class: _read_folder(files, size, per_class), names, carved)
 
 
-def _scan_folder(root: Path) -> tuple[tuple[str, ...], dict[str, list[list[Path]]]]:
-    """Check the layout; the class names (sorted folder names) and each split's image files per class, sorted."""
+# A folder without split folders (PATH/CLASS/*) is split for the user, per class (stratified): a shuffle of the
+# class's sorted files, seeded by CARVE_SEED and the class name, sends these fractions (at least one image each) to
+# validation and test and the rest to train. Ours; the same files always split the same way, and the sweep
+# records which file went where in RUN/split.parquet.
+CARVE_FRACTIONS = {"test": 0.1, "validation": 0.1}
+CARVE_SEED = 0
+
+
+def _scan_folder(root: Path) -> tuple[tuple[str, ...], dict[str, list[list[Path]]], tuple | None]:
+    """Check the layout; the class names (sorted folder names), each split's image files per class (sorted), and,
+    for a folder without splits, the split made for it as (file relative to root, class, split) rows."""
     if not root.is_dir():
         raise BeanlibError(f"data folder {root} does not exist: pass --data tfds, --data synthetic, or {LAYOUT_HINT}")
+    if not any((root / split).is_dir() for split in SPLITS):
+        return _carve(root)
     found = {}
     for split in SPLITS:
         split_dir = root / split
         if not split_dir.is_dir():
-            raise BeanlibError(f"data folder {root} has no {split!r} split folder: expected {LAYOUT_HINT}")
-        found[split] = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+            raise BeanlibError(f"data folder {root} has no {split!r} split folder: expected {LAYOUT_HINT}, or no split "
+                               "folders at all (PATH/CLASS/*) to have it split for you")
+        found[split] = _class_folders(split_dir)
     names = tuple(found["train"])
     for split in SPLITS[1:]:
         if tuple(found[split]) != names:
             only = lambda a, b: ", ".join(sorted(set(found[a]) - set(found[b]))) or "none"  # noqa: E731
             raise BeanlibError(f"class folders differ between splits of {root}: only in train: {only('train', split)}; "
                                f"only in {split}: {only(split, 'train')}: give every split the same class folders")
+    _enough_classes(root, names)
+    return names, {split: [_images(root / split / name) for name in names] for split in SPLITS}, None
+
+
+def _carve(root: Path):
+    names = tuple(_class_folders(root))
+    _enough_classes(root, names)
+    files: dict[str, list[list[Path]]] = {split: [] for split in SPLITS}
+    for name in names:
+        images = _images(root / name)
+        if len(images) < 3:
+            raise BeanlibError(f"class folder {root / name} holds {len(images)} image{'s' if len(images) != 1 else ''}: "
+                               "splitting needs at least 3 (one per split): add images, or give the folder split folders")
+        order = np.random.default_rng([CARVE_SEED, int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)]).permutation(len(images))
+        taken = 0
+        for split, fraction in CARVE_FRACTIONS.items():
+            n = max(1, round(fraction * len(images)))
+            files[split].append([images[i] for i in sorted(order[taken:taken + n])])
+            taken += n
+        files["train"].append([images[i] for i in sorted(order[taken:])])
+    carved = tuple((str(p.relative_to(root)), name, split) for split in SPLITS for name, paths in zip(names, files[split]) for p in paths)
+    return names, files, carved
+
+
+def _class_folders(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _enough_classes(root: Path, names: tuple[str, ...]) -> None:
     if len(names) < 2:
         raise BeanlibError(f"data folder {root} has {len(names)} class folder{'s' if len(names) != 1 else ''} "
                            f"({', '.join(names) or 'none'}): a classifier needs at least 2, {LAYOUT_HINT}")
-    files = {}
-    for split in SPLITS:
-        files[split] = []
-        for name in names:
-            images = sorted(p for p in (root / split / name).iterdir() if p.is_file() and not p.name.startswith("."))
-            if not images:
-                raise BeanlibError(f"class folder {root / split / name} holds no images: add some, or remove the class from every split")
-            files[split].append(images)
-    return names, files
+
+
+def _images(folder: Path) -> list[Path]:
+    """A class folder's files, sorted; a class without any is refused."""
+    images = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    if not images:
+        raise BeanlibError(f"class folder {folder} holds no images: add some, or remove the class from every split")
+    return images
 
 
 def _read_folder(files: dict[str, list[list[Path]]], image_size: int, per_class: int | None) -> dict[str, Split]:

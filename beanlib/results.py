@@ -125,6 +125,7 @@ EPOCH_SCHEMA = pa.schema(
 )
 
 
+SPLIT_SCHEMA = pa.schema([("item", pa.string()), ("class", pa.string()), ("split", pa.string())])  # RUN/split.parquet
 SCHEMAS = {"trials": TRIAL_SCHEMA, "epochs": EPOCH_SCHEMA}
 # run.json keys that say where inputs were read from, not what they are: a re-run may differ in them. A run is
 # known by content: its overrides name a weights file by sha256, its data by `data_fingerprints` (per image size).
@@ -236,6 +237,13 @@ class RunStore:
                 self._write_table("epochs", trial_id, self._read_file(path).to_pylist(), EPOCH_SCHEMA)
                 done.append(f"epochs {trial_id}: current schema")
         return done
+
+    def write_split(self, rows) -> None:
+        """RUN/split.parquet: which file (or item) went to which split, for a source that beanlib split itself."""
+        table = pa.Table.from_pylist([dict(zip(SPLIT_SCHEMA.names, row)) for row in rows], schema=SPLIT_SCHEMA)
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        self._write_bytes(f"{self.path}/split.parquet", sink.getvalue().to_pybytes())
 
     def finished(self) -> dict[str, str]:
         """trial_id -> status of every trial with a row."""

@@ -26,7 +26,7 @@ from ray import tune
 from beanlib import backend
 from beanlib.console import hide_native_logs
 from beanlib.config import CLASS_NAMES
-from beanlib.data import class_names, load_beans
+from beanlib.data import CARVE_FRACTIONS, CARVE_SEED, class_names, load_beans
 from beanlib.errors import BeanlibError
 from beanlib.results import FINISHED, RunStore, provenance, trial_row
 from beanlib.studies import STUDIES, TrialSpec, estimated_cost, plan, trial_id_of_row
@@ -137,12 +137,15 @@ def run_sweep(opts: SweepOptions, out: Callable[[str], None] = print, progress: 
     # Keys older runs do not have are recorded only when set away from their defaults.
     scheduler = {"scheduler": opts.scheduler} if opts.scheduler != "fifo" else {}
     scheduler |= {"backend": chosen} if chosen != backend.DEFAULT else {}
-    names = next(iter(data.values())).class_names
+    names, carved = next(iter(data.values())).class_names, next(iter(data.values())).carved
     scheduler |= {"classes": list(names)} if names != CLASS_NAMES else {}  # beans' runs keep the run.json they had
+    scheduler |= {"split": f"made by beanlib: {CARVE_FRACTIONS} per class, seed {CARVE_SEED}; see split.parquet"} if carved else {}
     overrides = {**opts.overrides(), **({"weights": content_identity(opts.overrides()["weights"])} if opts.weights else {})}
     store.check_manifest({"study": opts.study, "data": source, "repeats": opts.repeats, "per_class": per_class,
                           "overrides": overrides, **scheduler}, data_fingerprints=fingerprints,
                          weights_sha256={w: weights_sha256(w) for w in bases if weights_sha256(w)})
+    if carved:
+        store.write_split(carved)  # which file went where: the fingerprint guards it, this file shows it
     out(f"{opts.study}: {len(specs)} trials planned, {len(specs) - len(todo)} finished in {store.uri}, {len(todo)} to run")
     started = time.perf_counter()
     if todo:

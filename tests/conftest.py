@@ -92,3 +92,14 @@ def five_classes(tmp_path) -> Path:
             for file_name, pixels in modes[c % 2 * 2: c % 2 * 2 + 2]:  # two modes per class, all four across classes
                 _image(folder / file_name, pixels)
     return root
+
+
+@pytest.fixture
+def five_classes_unsplit(five_classes) -> Path:
+    """The same images as `five_classes`, without split folders: CLASS/SPLIT-FILE (six per class)."""
+    root = five_classes.with_name("shapes-unsplit")
+    for path in sorted(five_classes.glob("*/*/*")):
+        split, name = path.parts[-3], path.parts[-2]
+        (root / name).mkdir(parents=True, exist_ok=True)
+        path.rename(root / name / f"{split}-{path.name}")
+    return root

@@ -60,7 +60,8 @@ def test_real_beans_folder_is_read_in_place(beans_dir):
     assert d.counts() == {s: [4, 4, 4] for s in SPLITS}
     assert d.train.images.shape == (12, 48, 48, 3) and d.train.images.dtype == np.uint8
     assert d.train.images.std() > 20  # real photos, not blank
-    names, files = data_module._scan_folder(beans_dir)
+    names, files, carved = data_module._scan_folder(beans_dir)
+    assert carved is None  # beans has its own splits
     assert names == CLASS_NAMES == d.class_names  # sorted folder names: TFDS's label order
     assert {s: [len(c) for c in files[s]] for s in SPLITS} == {s: list(n) for s, n in BEANS_COUNTS.items()}
 
@@ -161,3 +162,21 @@ def test_any_folder_of_labelled_images_loads_with_its_class_names_in_sorted_orde
     assert data_module.class_names(str(five_classes)) == d.class_names  # without decoding anything
     beans_like = load_beans("synthetic", 16, per_class=1)
     assert beans_like.class_names == CLASS_NAMES
+
+
+def test_a_folder_without_splits_is_split_per_class_seeded_and_recorded(five_classes_unsplit, tmp_path):
+    d = load_beans(str(five_classes_unsplit), 16, cache_dir=tmp_path / "cache")
+    assert d.class_names == ("circle", "leaf", "moon", "square", "star")
+    assert d.counts() == {"train": [4] * 5, "validation": [1] * 5, "test": [1] * 5}  # 6 per class: 10% each, at least 1
+    rows = {(item, cls): split for item, cls, split in d.carved}
+    assert len(rows) == 30 and all(item.startswith(cls + "/") for item, cls in rows)
+    data_module._MEMO.clear()
+    again = load_beans(str(five_classes_unsplit), 16, cache_dir=tmp_path / "other-cache")  # decoded afresh
+    assert again.carved == d.carved and again.fingerprint == d.fingerprint  # the same files always split the same way
+
+
+def test_a_folder_without_splits_needs_three_images_per_class(five_classes_unsplit, tmp_path):
+    for extra in sorted((five_classes_unsplit / "star").iterdir())[2:]:
+        extra.unlink()
+    with pytest.raises(BeanlibError, match=r"class folder .*star holds 2 images: splitting needs at least 3"):
+        load_beans(str(five_classes_unsplit), 16, cache_dir=tmp_path / "cache")

@@ -184,7 +184,8 @@ def test_a_moved_data_folder_and_weights_file_resume_with_nothing_rerun(local_ra
     assert manifest["overrides"]["weights"].startswith("sha256:")
 
 
-def test_a_five_class_folder_runs_end_to_end_with_its_class_names(local_ray, monkeypatch, tmp_path, five_classes):
+@pytest.mark.parametrize("layout", ["five_classes", "five_classes_unsplit"])
+def test_a_five_class_folder_runs_end_to_end_with_its_class_names(local_ray, monkeypatch, tmp_path, request, layout):
     from beanlib.models import parameter_counts
     from beanlib.report import build_report
     from beanlib.results import RunStore
@@ -193,6 +194,7 @@ def test_a_five_class_folder_runs_end_to_end_with_its_class_names(local_ray, mon
                   {"model": "lenet", "image_size": 75, "epochs": 1, "batch_size": 4, "weights": "none"},
                   (Factor("family", (("lenet", {}), ("head-only", {"model": "inception"}))),))
     monkeypatch.setitem(studies.STUDIES, study.name, study)
+    five_classes = request.getfixturevalue(layout)
     names = ["circle", "leaf", "moon", "square", "star"]
     lenet = studies.plan(study)[0].config
     plan_lines = []
@@ -205,6 +207,12 @@ def test_a_five_class_folder_runs_end_to_end_with_its_class_names(local_ray, mon
     assert all(len(m) == 5 and len(a) == 5 for m, a in zip(trials["confusion_matrix"], trials["per_class_accuracy"]))
     assert trials.loc["lenet", "total_params"] == parameter_counts(lenet, 5)[1]
     assert RunStore(str(tmp_path), "shapes").manifest()["classes"] == names
+    if layout == "five_classes_unsplit":  # the split beanlib made is in the run: which file went where
+        split = pd.read_parquet(tmp_path / "shapes" / "split.parquet")
+        assert len(split) == 30 and split.groupby("split").size().to_dict() == {"test": 5, "train": 20, "validation": 5}
+        assert "made by beanlib" in RunStore(str(tmp_path), "shapes").manifest()["split"]
+    else:
+        assert not (tmp_path / "shapes" / "split.parquet").exists()
     markdown = (build_report(str(tmp_path / "shapes")).out_dir / "report.md").read_text()
     assert "(5 classes: circle, leaf, moon, square, star)" in markdown and "circle: " in markdown
     assert "original %" not in markdown  # the original study's numbers are beans' only
