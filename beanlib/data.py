@@ -85,9 +85,10 @@ class _Source:
     """A data source resolved from the user's string: a cache identity, a reader, and its class names."""
 
     identity: str  # everything that determines the pixels, for the cache key
-    read: Callable[[int, int | None], dict[str, Split]]  # (image_size, per_class) -> splits
+    # (image_size, per_class) -> (splits, the split beanlib made as (item, class, split) rows, or None)
+    read: Callable[[int, int | None], tuple[dict[str, Split], tuple | None]]
     class_names: tuple[str, ...] = CLASS_NAMES
-    carved: tuple | None = None  # a split made for a source without one: (item, class, split) rows
+    per_class_counts: list[int] | None = None  # images per class over all splits, where known before reading
 
 
 _MEMO: dict[str, BeansData] = {}
@@ -120,19 +121,30 @@ def load_beans(
     if cached is not None:
         splits = {s: Split(cached[f"{s}_images"], cached[f"{s}_labels"]) for s in SPLITS}
         stored = str(cached["fingerprint"])
+        carved = tuple(map(tuple, json.loads(str(cached["carved"])))) if "carved" in cached else None
     else:
-        splits = resolved.read(image_size, per_class)
+        splits, carved = resolved.read(image_size, per_class)
         stored = fingerprint(splits, resolved.class_names)
         arrays = {f"{s}_{k}": getattr(splits[s], k) for s in SPLITS for k in ("images", "labels")}
-        write_npz(path, {"fingerprint": np.array(stored), **arrays})
+        write_npz(path, {"fingerprint": np.array(stored), **arrays, **({"carved": np.array(json.dumps(carved))} if carved else {})})
     _MEMO[key] = BeansData(**splits, image_size=image_size, source=source, fingerprint=stored, class_names=resolved.class_names,
-                           carved=resolved.carved)
+                           carved=carved)
     return _MEMO[key]
 
 
 def class_names(source: str, tfds_data_dir: str | None = None) -> tuple[str, ...]:
     """The class names of a data source in label order, without decoding any image (a folder's layout is checked)."""
     return _resolve(source, tfds_data_dir, 0).class_names
+
+
+def decoded_bytes(source: str, image_size: int, per_class: int | None = None, tfds_data_dir: str | None = None) -> int | None:
+    """What the decoded splits of `source` will take at `image_size` (uint8 RGB), before decoding any image; None
+    where the source cannot tell without reading (TFDS before its download)."""
+    counts = _resolve(source, tfds_data_dir, 0).per_class_counts
+    if counts is None:
+        return None
+    images = sum(min(n, per_class * len(SPLITS)) if per_class else n for n in counts)
+    return images * image_size * image_size * 3
 
 
 def fingerprint(splits: dict[str, Split], names: tuple[str, ...] = CLASS_NAMES) -> str:
@@ -159,41 +171,83 @@ def resize_uint8(image, image_size: int) -> np.ndarray:
 
 def _resolve(source: str, tfds_data_dir: str | None, seed: int) -> _Source:
     if not isinstance(source, str) or not source:
-        raise BeanlibError(f"data source must be 'tfds', 'synthetic' or a folder path, got {source!r}")
+        raise BeanlibError(f"data source must be 'tfds', 'tfds:NAME', 'synthetic' or a folder path, got {source!r}")
     if source in NAMED_SOURCES:
         return NAMED_SOURCES[source](tfds_data_dir, seed)
+    if source.startswith("tfds:"):
+        return _tfds_source(tfds_data_dir, seed, source.partition(":")[2])
     return _folder_source(Path(source))
 
 
 # --- TFDS -------------------------------------------------------------------------------------
 
 
-def _tfds_source(data_dir: str | None, seed: int) -> _Source:
-    data_dir = data_dir or os.environ.get("TFDS_DATA_DIR")
-    return _Source(f"tfds:beans:{data_dir}", lambda size, per_class: _read_tfds(data_dir, size, per_class))
-
-
-def _read_tfds(data_dir: str | None, image_size: int, per_class: int | None) -> dict[str, Split]:
+def _tfds_source(data_dir: str | None, seed: int, name: str = "beans") -> _Source:
+    """A TFDS image-classification dataset (`tfds` is beans): its own splits, a missing validation or test split
+    carved from train (per class, seeded, recorded). Class names come from its label feature."""
     import tensorflow_datasets as tfds
 
-    builder = tfds.builder("beans", data_dir=data_dir)
+    data_dir = data_dir or os.environ.get("TFDS_DATA_DIR")
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except Exception as error:  # DatasetNotFoundError and friends
+        raise BeanlibError(f"TFDS has no dataset {name!r} ({type(error).__name__}): pass --data tfds:NAME with a name from "
+                           "the TFDS catalog, or a folder") from None
+    if builder.info.supervised_keys is None or len(builder.info.supervised_keys) != 2:
+        raise BeanlibError(f"TFDS dataset {name!r} has no (image, label) supervised keys: beanlib reads image classification datasets")
+    names = tuple(builder.info.features[builder.info.supervised_keys[1]].names)
+    if name == "beans" and names != CLASS_NAMES:
+        raise BeanlibError(f"TFDS beans has labels {names}, expected {CLASS_NAMES}: use tensorflow-datasets 4.9.x")
+    return _Source(f"tfds:{name}:{data_dir}", lambda size, per_class: _read_tfds(builder, size, per_class), names)
+
+
+def tfds_splits(builder) -> list[str]:
+    """The splits a prepared TFDS dataset has."""
+    return list(builder.info.splits)
+
+
+def _read_tfds(builder, image_size: int, per_class: int | None) -> tuple[dict[str, Split], tuple | None]:
+    import tensorflow_datasets as tfds
+
+    name = builder.info.name
     try:
         builder.download_and_prepare()
     except Exception as error:  # network errors come from requests, urllib3, tfds or grpc: all mean the same
         first_line = (str(error).splitlines() or [""])[0][:200]
         raise BeanlibError(
-            f"could not download the TFDS 'beans' dataset ({type(error).__name__}: {first_line}); "
+            f"could not download the TFDS {name!r} dataset ({type(error).__name__}: {first_line}); "
             f"without network, point --data (or BEANLIB_DATA) at a local copy: {LAYOUT_HINT}"
         ) from None
-    names = tuple(builder.info.features["label"].names)
-    if names != CLASS_NAMES:
-        raise BeanlibError(f"TFDS beans has labels {names}, expected {CLASS_NAMES}: use tensorflow-datasets 4.9.x")
-    splits = {}
-    for name in SPLITS:
-        examples = tfds.as_numpy(builder.as_dataset(split=name, as_supervised=True, shuffle_files=False))
-        kept = _first_per_class(((image, int(label)) for image, label in examples), per_class)
-        splits[name] = _stack(((resize_uint8(image, image_size), label) for image, label in kept), image_size)
-    return splits
+    present = [s for s in SPLITS if s in tfds_splits(builder)]
+    if "train" not in present:
+        raise BeanlibError(f"TFDS dataset {name!r} has no 'train' split (it has {', '.join(tfds_splits(builder))}): pass a folder instead")
+
+    def examples(split: str) -> list[tuple[np.ndarray, int]]:
+        return [(image, int(label)) for image, label in
+                tfds.as_numpy(builder.as_dataset(split=split, as_supervised=True, shuffle_files=False))]
+
+    read = {split: examples(split) for split in present}
+    carved = None
+    missing = {split: CARVE_FRACTIONS[split] for split in SPLITS if split not in present}
+    if missing:  # carve them from train, per class, seeded; train keeps the rest
+        by_class: dict[int, list[int]] = {}
+        for i, (_, label) in enumerate(read["train"]):
+            by_class.setdefault(label, []).append(i)
+        dealt = {label: _split_off(indices, missing, f"{name}:{label}") for label, indices in sorted(by_class.items())}
+        train = read.pop("train")
+        for split in [*missing, "train"]:
+            read[split] = [train[i] for i in sorted(i for parts in dealt.values() for i in parts[split])]
+        names = builder.info.features[builder.info.supervised_keys[1]].names
+        carved = tuple((f"train[{i}]", names[label], split) for label, parts in dealt.items()
+                       for split, indices in parts.items() for i in indices)
+    splits = {split: _stack(((resize_uint8(_rgb(image), image_size), label)
+                             for image, label in _first_per_class(read[split], per_class)), image_size) for split in SPLITS}
+    return splits, carved
+
+
+def _rgb(image: np.ndarray) -> np.ndarray:
+    """HxWx3 from a gray (HxWx1) or RGBA (HxWx4) decoded image."""
+    return np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image[..., :3]
 
 
 # --- a local folder in the official layout ----------------------------------------------------
@@ -203,7 +257,8 @@ def _folder_source(root: Path) -> _Source:
     names, files, carved = _scan_folder(root)
     listing = [(str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns) for s in SPLITS for c in files[s] for p in c]
     identity = f"folder:{root.resolve()}:" + hashlib.sha256(json.dumps([names, listing]).encode()).hexdigest()
-    return _Source(identity, lambda size, per_class: _read_folder(files, size, per_class), names, carved)
+    counts = [sum(len(files[s][c]) for s in SPLITS) for c in range(len(names))]
+    return _Source(identity, lambda size, per_class: (_read_folder(files, size, per_class), carved), names, counts)
 
 
 # A folder without split folders (PATH/CLASS/*) is split for the user, per class (stratified): a shuffle of the
@@ -247,15 +302,22 @@ def _carve(root: Path):
         if len(images) < 3:
             raise BeanlibError(f"class folder {root / name} holds {len(images)} image{'s' if len(images) != 1 else ''}: "
                                "splitting needs at least 3 (one per split): add images, or give the folder split folders")
-        order = np.random.default_rng([CARVE_SEED, int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)]).permutation(len(images))
-        taken = 0
-        for split, fraction in CARVE_FRACTIONS.items():
-            n = max(1, round(fraction * len(images)))
-            files[split].append([images[i] for i in sorted(order[taken:taken + n])])
-            taken += n
-        files["train"].append([images[i] for i in sorted(order[taken:])])
+        for split, dealt in _split_off(images, CARVE_FRACTIONS, name).items():
+            files[split].append(dealt)
     carved = tuple((str(p.relative_to(root)), name, split) for split in SPLITS for name, paths in zip(names, files[split]) for p in paths)
     return names, files, carved
+
+
+def _split_off(items: list, fractions: dict[str, float], key: str) -> dict[str, list]:
+    """One class's items (in a stable order) dealt to the splits in `fractions` (that share each, at least one) by a
+    shuffle seeded from CARVE_SEED and `key`; the rest to train. Each split keeps the items' order."""
+    order = np.random.default_rng([CARVE_SEED, int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)]).permutation(len(items))
+    dealt, taken = {}, 0
+    for split, fraction in fractions.items():
+        n = max(1, round(fraction * len(items)))
+        dealt[split] = [items[i] for i in sorted(order[taken:taken + n])]
+        taken += n
+    return {**dealt, "train": [items[i] for i in sorted(order[taken:])]}
 
 
 def _class_folders(folder: Path) -> list[str]:
@@ -303,18 +365,19 @@ def _decode(path: Path, image_size: int) -> np.ndarray | None:
 
 
 def _synthetic_source(data_dir: str | None, seed: int) -> _Source:
-    def read(image_size: int, per_class: int | None) -> dict[str, Split]:
+    def read(image_size: int, per_class: int | None) -> tuple[dict[str, Split], None]:
         splits = {}
         for stream, name in enumerate(SPLITS):
             counts = tuple(min(n, per_class or n) for n in BEANS_COUNTS[name])
             splits[name] = Split(*synthetic.generate(counts, image_size, seed, stream))
-        return splits
+        return splits, None
 
-    return _Source(f"synthetic:v{synthetic.GENERATOR_VERSION}:seed{seed}", read)
+    counts = [sum(BEANS_COUNTS[s][c] for s in SPLITS) for c in range(len(CLASS_NAMES))]
+    return _Source(f"synthetic:v{synthetic.GENERATOR_VERSION}:seed{seed}", read, CLASS_NAMES, counts)
 
 
 NAMED_SOURCES: dict[str, Callable[[str | None, int], _Source]] = {
-    "tfds": _tfds_source,
+    "tfds": _tfds_source,  # beans
     "synthetic": _synthetic_source,
 }
 

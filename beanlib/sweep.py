@@ -26,7 +26,7 @@ from ray import tune
 from beanlib import backend
 from beanlib.console import hide_native_logs
 from beanlib.config import CLASS_NAMES
-from beanlib.data import CARVE_FRACTIONS, CARVE_SEED, class_names, load_beans
+from beanlib.data import CARVE_FRACTIONS, CARVE_SEED, class_names, decoded_bytes, load_beans
 from beanlib.errors import BeanlibError
 from beanlib.results import FINISHED, RunStore, provenance, trial_row
 from beanlib.studies import STUDIES, TrialSpec, estimated_cost, plan, trial_id_of_row
@@ -131,8 +131,14 @@ def run_sweep(opts: SweepOptions, out: Callable[[str], None] = print, progress: 
         return SweepSummary(len(specs), 0, done)
     # Bad data fails here, before anything is written: decoded once, in the driver. Every planned size, finished or
     # not: the run is matched by the data's content (its fingerprint), wherever the folder lies now.
-    data = {size: load_beans(opts.data, size, per_class) for size in sorted({s.config.image_size for s in specs})}
-    source = opts.data if opts.data in ("tfds", "synthetic") or "://" in opts.data else os.path.abspath(opts.data)
+    sizes = sorted({s.config.image_size for s in specs})
+    _check_memory(opts.data, sizes, per_class)
+    data = {size: load_beans(opts.data, size, per_class) for size in sizes}
+    if todo:
+        _connect(opts)
+        _check_object_store(data)
+    source = opts.data if opts.data in ("tfds", "synthetic") or opts.data.startswith("tfds:") or "://" in opts.data \
+        else os.path.abspath(opts.data)
     fingerprints = {str(size): d.fingerprint for size, d in data.items()}
     # Keys older runs do not have are recorded only when set away from their defaults.
     scheduler = {"scheduler": opts.scheduler} if opts.scheduler != "fifo" else {}
@@ -165,8 +171,8 @@ def run_sweep(opts: SweepOptions, out: Callable[[str], None] = print, progress: 
     return summary
 
 
-def _tune(opts: SweepOptions, store: RunStore, todo: list[TrialSpec], data: dict, out: Callable[[str], None],
-          progress: Progress | None = None) -> None:
+def _connect(opts: SweepOptions) -> None:
+    """Join (or start) the Ray cluster the options name, unless this process is connected already."""
     if not opts.verbose:
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # Tune's older reporter: at verbose=0 it prints nothing at all
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)  # a notice per start
@@ -175,6 +181,37 @@ def _tune(opts: SweepOptions, store: RunStore, todo: list[TrialSpec], data: dict
         # the driver's choice of C++ log level (beanlib.console); their output reaches the console with --verbose.
         ray.init(address=opts.address, runtime_env=_runtime_env(), configure_logging=False,
                  log_to_driver=opts.verbose, logging_level=logging.INFO if opts.verbose else logging.WARNING)
+
+
+# The decoded images must fit in this share of the driver's available memory (ours: the rest is for decoding
+# buffers and, on one machine, the trials), and once in Ray's object store, from which every trial maps them.
+MEMORY_SHARE = 0.8
+
+
+def _check_memory(source: str, sizes: list[int], per_class: int | None) -> None:
+    """Refuse, before decoding, data that would not fit in this machine's memory, with the figures."""
+    import psutil
+
+    need = sum(decoded_bytes(source, size, per_class) or 0 for size in sizes)
+    available = psutil.virtual_memory().available
+    if need > MEMORY_SHARE * available:
+        raise BeanlibError(f"the decoded images need {need / 2**30:.1f} GiB (every image, uint8, at {', '.join(map(str, sizes))}px) "
+                           f"and this machine has {available / 2**30:.1f} GiB available: use --per-class, a smaller "
+                           "--image-size, or a machine with more memory")
+
+
+def _check_object_store(data: dict) -> None:
+    """Refuse decoded data larger than Ray's object store, where the trials read it, before any trial starts."""
+    need = sum(d.split(s).images.nbytes + d.split(s).labels.nbytes for d in data.values() for s in ("train", "validation", "test"))
+    capacity = ray.cluster_resources().get("object_store_memory", 0)
+    if capacity and need > capacity:
+        raise BeanlibError(f"the decoded images ({need / 2**30:.1f} GiB) do not fit in Ray's object store "
+                           f"({capacity / 2**30:.1f} GiB): start Ray with a larger --object-store-memory, or use "
+                           "--per-class or a smaller --image-size")
+
+
+def _tune(opts: SweepOptions, store: RunStore, todo: list[TrialSpec], data: dict, out: Callable[[str], None],
+          progress: Progress | None = None) -> None:
     has_gpus = ray.cluster_resources().get("GPU", 0) > 0
     if not has_gpus and opts.gpus_per_trial is None and (opts.address or os.environ.get("RAY_ADDRESS")):
         out("no GPUs in the cluster right now: trials take CPUs only; on an autoscaling cluster whose GPU nodes are "

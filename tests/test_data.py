@@ -74,8 +74,9 @@ def test_real_beans_keep_the_fingerprint_their_committed_runs_recorded(beans_dir
     assert load_beans(str(beans_dir), 128).fingerprint == recorded["data_fingerprints"]["128"]
 
 
-def test_tfds_source_on_mock_data():
+def test_tfds_source_on_mock_data(monkeypatch):
     tfds = pytest.importorskip("tensorflow_datasets")
+    monkeypatch.setattr(data_module, "tfds_splits", lambda builder: list(SPLITS))  # mock data has no split metadata
     with tfds.testing.mock_data(num_examples=15):
         d = load_beans("tfds", 32, per_class=2, tfds_data_dir="/tmp/beanlib-mock-tfds")
     assert all(d.split(s).images.shape == (len(d.split(s)), 32, 32, 3) for s in SPLITS)
@@ -180,3 +181,29 @@ def test_a_folder_without_splits_needs_three_images_per_class(five_classes_unspl
         extra.unlink()
     with pytest.raises(BeanlibError, match=r"class folder .*star holds 2 images: splitting needs at least 3"):
         load_beans(str(five_classes_unsplit), 16, cache_dir=tmp_path / "cache")
+
+
+@pytest.mark.parametrize("name, has, classes", [
+    ("tf_flowers", ["train"], ("dandelion", "daisy", "tulips", "sunflowers", "roses")),
+    ("rock_paper_scissors", ["train", "test"], ("rock", "paper", "scissors")),
+])
+def test_a_tfds_dataset_keeps_its_splits_and_carves_the_missing_ones_from_train(monkeypatch, tmp_path, name, has, classes):
+    """Any TFDS image-classification dataset (mock data: no network here): its label names, its own splits, a missing
+    validation or test split carved from train per class and recorded by index."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+    monkeypatch.setattr(data_module, "tfds_splits", lambda builder: has)
+    with tfds.testing.mock_data(num_examples=40):
+        d = load_beans(f"tfds:{name}", 24, tfds_data_dir=str(tmp_path / "tfds"), cache_dir=tmp_path / "cache")
+    assert d.class_names == classes and d.train.images.shape[1:] == (24, 24, 3)
+    carved = {split for _, _, split in d.carved}
+    assert carved == {"train", *(s for s in SPLITS if s not in has)}  # only the missing splits are made
+    assert all(item.startswith("train[") for item, _, _ in d.carved) and len(d.carved) == 40  # every train example, once
+    if "test" in has:
+        assert len(d.test) == 40  # the dataset's own test split, untouched
+    assert len(d.train) + sum(len(d.split(s)) for s in SPLITS if s not in has and s != "train") == 40
+
+
+def test_an_unknown_tfds_dataset_is_one_line():
+    pytest.importorskip("tensorflow_datasets")
+    with pytest.raises(BeanlibError, match=r"TFDS has no dataset 'no_such_beans' .*: pass --data tfds:NAME"):
+        load_beans("tfds:no_such_beans", 24)

@@ -216,3 +216,25 @@ def test_a_five_class_folder_runs_end_to_end_with_its_class_names(local_ray, mon
     markdown = (build_report(str(tmp_path / "shapes")).out_dir / "report.md").read_text()
     assert "(5 classes: circle, leaf, moon, square, star)" in markdown and "circle: " in markdown
     assert "original %" not in markdown  # the original study's numbers are beans' only
+
+
+def test_data_that_would_not_fit_is_refused_with_the_figures_before_anything_is_written(monkeypatch, tiny_study, tmp_path):
+    import psutil
+
+    from beanlib.errors import BeanlibError
+
+    real = psutil.virtual_memory()
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: real._replace(available=2**10))  # 1 KiB free
+    with pytest.raises(BeanlibError, match=r"the decoded images need 0\.0 GiB .* at 75px\) and this machine has 0\.0 GiB available: use --per-class"):
+        run_sweep(SweepOptions(study=tiny_study, data="synthetic", results=str(tmp_path)), out=lambda line: None)
+    assert not any(tmp_path.iterdir())
+
+
+def test_data_larger_than_the_object_store_is_refused_before_any_trial(local_ray, monkeypatch, tiny_study, tmp_path):
+    from beanlib import sweep
+    from beanlib.errors import BeanlibError
+
+    monkeypatch.setattr(sweep.ray, "cluster_resources", lambda: {"CPU": 2, "object_store_memory": 1024})
+    with pytest.raises(BeanlibError, match=r"do not fit in Ray's object store \(0\.0 GiB\): start Ray with a larger --object-store-memory"):
+        run_sweep(SweepOptions(study=tiny_study, data="synthetic", results=str(tmp_path)), out=lambda line: None)
+    assert not any(tmp_path.iterdir())
