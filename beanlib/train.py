@@ -18,7 +18,7 @@ import numpy as np
 from beanlib import backend
 from beanlib.config import TrialConfig
 from beanlib.data import SPLITS, BeansData
-from beanlib.features import INFERENCE_BATCH, compute_features, features_key
+from beanlib.features import compute_features, features_key, predict_in_place
 from beanlib.models import build, count_params, set_unfrozen, split_at_block
 
 EpochHook = Callable[[dict], "bool | None"]  # gets each epoch's record; returning True stops the trial
@@ -237,7 +237,7 @@ def _run_inception(trial: _Trial, features) -> None:
             # no dropout, no augmentation): compute them once, and fine-tune the open blocks and the head on them.
             start = time.perf_counter()
             below, model = split_at_block(built, c.unfreeze_from, c.batchnorm)
-            inputs = {s: below.predict(trial.images[s], batch_size=INFERENCE_BATCH, verbose=0) for s in SPLITS}
+            inputs = {s: predict_in_place(below, trial.images[s]) for s in SPLITS}
             trial.feature_seconds += time.perf_counter() - start
         done = len(trial.recorder.history)  # fewer than c.epochs when early stopping ended the head phase
         trial.fit(model, "fine_tune", inputs, done + c.fine_tune_epochs, c.fine_tune_learning_rate, initial_epoch=done)

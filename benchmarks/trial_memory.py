@@ -7,7 +7,7 @@ Every setting of the study (or those named by --only) runs `epochs` epochs (and 
 CPU thread in a child process that loads the prepared data from the cache, trains, evaluates, and reports its peak
 resident memory (`beanlib.train.peak_rss_bytes`, what the sweep's rows record). Memory does not grow with epochs
 (every epoch reuses the same buffers), so one epoch measures a 20-epoch trial's peak. Prints one line per
-setting and the largest, against --limit-gib.
+setting and the largest (overall and LeNet's), against --limit-gib.
 """
 
 from __future__ import annotations
@@ -62,10 +62,12 @@ def main(argv: list[str] | None = None) -> None:
         peaks[spec.setting] = result["peak_rss_bytes"] / 2**30
         print(f"{spec.setting:28s} peak {peaks[spec.setting]:5.2f} GiB  train {result['train_seconds']:7.1f} s  "
               f"wall {time.perf_counter() - started:7.1f} s  trainable {result['trainable_params']:,}")
-    if peaks:
-        worst = max(peaks, key=peaks.get)
-        verdict = "within" if peaks[worst] <= args.limit_gib else "OVER"
-        print(f"largest: {worst} at {peaks[worst]:.2f} GiB, {verdict} the {args.limit_gib:g} GiB target")
+    lenet = {s.setting: peaks[s.setting] for s in specs if s.config.model == "lenet" and s.setting in peaks}
+    for label, group in (("largest", peaks), ("largest LeNet", lenet)):  # the target is LeNet's (issue: full-size protocol)
+        if group:
+            worst = max(group, key=group.get)
+            verdict = "within" if group[worst] <= args.limit_gib else "OVER"
+            print(f"{label}: {worst} at {group[worst]:.2f} GiB, {verdict} the {args.limit_gib:g} GiB target")
 
 
 if __name__ == "__main__":

@@ -194,3 +194,19 @@ def test_features_handed_in_must_match_the_trial(small75):
     stale = Features("not-this-key", {}, 0.0)
     with pytest.raises(ValueError, match="features handed in were computed for other"):
         run_trial(inception_config(), small75, features=stale)
+
+
+def test_predict_in_place_gives_exactly_what_predict_gives():
+    """beanlib.features.predict_in_place's claim: the numbers of Keras's `predict`, batch for batch, without its copy."""
+    import keras
+    import numpy as np
+
+    from beanlib.features import predict_in_place
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((6, 6, 3)), keras.layers.Conv2D(4, 3), keras.layers.BatchNormalization(),
+                              keras.layers.GlobalAveragePooling2D()])
+    images = np.random.default_rng(0).integers(0, 255, (150, 6, 6, 3)).astype(np.float32)  # 150: a short last batch
+    ours = predict_in_place(model, images, batch_size=64)
+    assert ours.shape == (150, 4) and ours.dtype == np.float32
+    np.testing.assert_array_equal(ours, model.predict(images, batch_size=64, verbose=0))
