@@ -210,7 +210,8 @@ def test_every_committed_run_reads_whole_and_matches_its_plan():
     for run in runs:
         for kind, schema in (("trials", TRIAL_SCHEMA), ("epochs", EPOCH_SCHEMA)):
             for reader, columns in _readers_columns(run / kind).items():
-                assert columns == schema.names, (run.name, kind, reader)
+                assert columns == schema.names, f"{run.name}/{kind} via {reader}: the schema changed since it was " \
+                    f"committed: run `python -m jobs.report --results results/{run.name}` (it upgrades the run) and commit it"
         store = RunStore(str(run.parent), run.name)
         manifest = store.manifest()
         planned = {s.trial_id for s in plan(manifest["study"], repeats=manifest["repeats"], overrides=manifest["overrides"])}
