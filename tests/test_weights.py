@@ -118,7 +118,7 @@ def test_a_truncated_weights_file_stops_the_sweep_before_anything_is_written(tmp
 def test_fine_tuning_from_249_changes_only_the_top_blocks(base, request, monkeypatch):
     weights = "none" if base == "random-init" else str(request.getfixturevalue("pretrained_weights"))
     built_in_trial = []
-    monkeypatch.setattr(train, "build", lambda config: built_in_trial.append(build(config)) or built_in_trial[-1])
+    monkeypatch.setattr(train, "build", lambda *args: built_in_trial.append(build(*args)) or built_in_trial[-1])
     config = inception(weights=weights, epochs=1, fine_tune_epochs=1, unfreeze_from=249,
                        batch_size=8, fine_tune_learning_rate=1e-3)  # a large rate, so every trainable weight moves
     result = train.run_trial(config, load_beans("synthetic", 75, per_class=4))
