@@ -23,14 +23,13 @@ from typing import Any, Callable, Protocol
 import ray
 from ray import tune
 
-from beanlib import backend
+from beanlib import backend, preflight
 from beanlib.console import hide_native_logs
-from beanlib.config import CLASS_NAMES
-from beanlib.data import CARVE_FRACTIONS, CARVE_SEED, class_names, decoded_bytes, load_beans
+from beanlib.data import class_names, load_beans
 from beanlib.errors import BeanlibError
 from beanlib.results import FINISHED, RunStore, provenance, trial_row
 from beanlib.studies import STUDIES, TrialSpec, estimated_cost, plan, trial_id_of_row
-from beanlib.weights import check_weights, content_identity, weights_sha256
+from beanlib.weights import check_weights, weights_sha256
 
 class Progress(Protocol):
     """What the sweep tells a live display (beanlib.console.SweepConsole): trials to run, started, finished."""
@@ -105,21 +104,15 @@ def run_sweep(opts: SweepOptions, out: Callable[[str], None] = print, progress: 
     """
     if opts.study not in STUDIES:
         raise BeanlibError(f"unknown study {opts.study!r}: use one of {', '.join(STUDIES)}")
-    if JOB_CONFIG in os.environ and "://" not in opts.results and not os.path.isabs(os.path.expanduser(opts.results)):
-        raise BeanlibError(f"--results {opts.results} is relative, and under `ray job submit` that is inside Ray's temporary "
-                           "copy of the working directory, which Ray deletes: pass an absolute path or a URI (s3://, gs://)")
     study = STUDIES[opts.study]
     chosen = backend.choose(opts.backend)  # before Keras loads here; workers get it in $KERAS_BACKEND
     per_class = opts.per_class or study.per_class
     specs = [dataclasses.replace(s, per_class=per_class) for s in plan(study, repeats=opts.repeats, overrides=opts.overrides())]
+    preflight.check_options(opts, specs)
     backend.configure(use_gpu=False)  # the driver decodes images and checks weights; GPUs are for the trials
     bases = sorted({s.config.weights for s in specs if s.config.model == "inception"})
     for weights in bases:
         check_weights(weights)  # a wrong weights file stops here, in one line, before any data or result is written
-    if opts.scheduler != "fifo" and len({s.config.model for s in specs}) > 1:
-        raise BeanlibError(f"--scheduler {opts.scheduler} compares trials by validation accuracy, and study {opts.study} mixes "
-                           "LeNet and Inception-v3, whose curves are not comparable: run one family per sweep "
-                           "(e.g. --study lenet-full or --study inception), or use --scheduler fifo")
     store = RunStore(opts.results, opts.name or opts.study)
     if not opts.dry_run:
         for change in store.upgrade(trial_id_of_row):  # a run from an older beanlib: current schema, ids from content
@@ -127,28 +120,18 @@ def run_sweep(opts: SweepOptions, out: Callable[[str], None] = print, progress: 
     done = store.finished()
     todo = sorted((s for s in specs if done.get(s.trial_id) not in FINISHED), key=lambda s: -estimated_cost(s.config))
     if opts.dry_run:
-        _print_plan(specs, done, out, len(class_names(opts.data)))
+        preflight.print_plan(specs, done, out, len(class_names(opts.data)))
         return SweepSummary(len(specs), 0, done)
     # Bad data fails here, before anything is written: decoded once, in the driver. Every planned size, finished or
     # not: the run is matched by the data's content (its fingerprint), wherever the folder lies now.
     sizes = sorted({s.config.image_size for s in specs})
-    _check_memory(opts.data, sizes, per_class)
+    preflight.check_memory(opts.data, sizes, per_class)
     data = {size: load_beans(opts.data, size, per_class) for size in sizes}
     if todo:
         _connect(opts)
         _check_object_store(data)
-    source = opts.data if opts.data in ("tfds", "synthetic") or opts.data.startswith("tfds:") or "://" in opts.data \
-        else os.path.abspath(opts.data)
-    fingerprints = {str(size): d.fingerprint for size, d in data.items()}
-    # Keys older runs do not have are recorded only when set away from their defaults.
-    scheduler = {"scheduler": opts.scheduler} if opts.scheduler != "fifo" else {}
-    scheduler |= {"backend": chosen} if chosen != backend.DEFAULT else {}
-    names, carved = next(iter(data.values())).class_names, next(iter(data.values())).carved
-    scheduler |= {"classes": list(names)} if names != CLASS_NAMES else {}  # beans' runs keep the run.json they had
-    scheduler |= {"split": f"made by beanlib: {CARVE_FRACTIONS} per class, seed {CARVE_SEED}; see split.parquet"} if carved else {}
-    overrides = {**opts.overrides(), **({"weights": content_identity(opts.overrides()["weights"])} if opts.weights else {})}
-    store.check_manifest({"study": opts.study, "data": source, "repeats": opts.repeats, "per_class": per_class,
-                          "overrides": overrides, **scheduler}, data_fingerprints=fingerprints,
+    carved = next(iter(data.values())).carved
+    store.check_manifest(preflight.manifest(opts, chosen, per_class, data), data_fingerprints={str(size): d.fingerprint for size, d in data.items()},
                          weights_sha256={w: weights_sha256(w) for w in bases if weights_sha256(w)})
     if carved:
         store.write_split(carved)  # which file went where: the fingerprint guards it, this file shows it
@@ -179,25 +162,8 @@ def _connect(opts: SweepOptions) -> None:
     if not ray.is_initialized():
         # No address: RAY_ADDRESS (set by `ray job submit`) or else a new local Ray in this process. Workers get
         # the driver's choice of C++ log level (beanlib.console); their output reaches the console with --verbose.
-        ray.init(address=opts.address, runtime_env=_runtime_env(), configure_logging=False,
+        ray.init(address=opts.address, runtime_env=preflight.runtime_env(), configure_logging=False,
                  log_to_driver=opts.verbose, logging_level=logging.INFO if opts.verbose else logging.WARNING)
-
-
-# The decoded images must fit in this share of the driver's available memory (ours: the rest is for decoding
-# buffers and, on one machine, the trials), and once in Ray's object store, from which every trial maps them.
-MEMORY_SHARE = 0.8
-
-
-def _check_memory(source: str, sizes: list[int], per_class: int | None) -> None:
-    """Refuse, before decoding, data that would not fit in this machine's memory, with the figures."""
-    import psutil
-
-    need = sum(decoded_bytes(source, size, per_class) or 0 for size in sizes)
-    available = psutil.virtual_memory().available
-    if need > MEMORY_SHARE * available:
-        raise BeanlibError(f"the decoded images need {need / 2**30:.1f} GiB (every image, uint8, at {', '.join(map(str, sizes))}px) "
-                           f"and this machine has {available / 2**30:.1f} GiB available: use --per-class, a smaller "
-                           "--image-size, or a machine with more memory")
 
 
 def _check_object_store(data: dict) -> None:
@@ -256,19 +222,6 @@ def _tune(opts: SweepOptions, store: RunStore, todo: list[TrialSpec], data: dict
     finally:
         if cwd and os.path.isdir(cwd):
             os.chdir(cwd)
-
-
-JOB_CONFIG = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray for the driver of a `ray job submit` job: the job's config
-
-
-def _runtime_env() -> dict[str, Any]:
-    """The driver's env vars that every worker needs (C++ log level, Keras backend), less any that the job's own
-    runtime env sets (`ray job submit --runtime-env-json`): there the user's value wins, and Ray refuses to merge
-    one key from both."""
-    wanted = {k: os.environ[k] for k in ("TF_CPP_MIN_LOG_LEVEL", "BEANLIB_SET_TF_LOG_LEVEL", "KERAS_BACKEND") if k in os.environ}
-    job = json.loads(os.environ.get(JOB_CONFIG) or "{}")
-    theirs = (job.get("runtime_env") or {}).get("env_vars") or {}
-    return {"env_vars": {k: v for k, v in wanted.items() if k not in theirs}}
 
 
 def _cwd() -> str | None:
@@ -468,17 +421,3 @@ class _WriteResults(tune.Callback):
         self.out(f"trial {row['trial_id']} [{row['factor']}] {row['setting']} repeat {row['repeat']}: "
                  f"{row['status']} test_acc {shown} in {row.get('train_seconds') or 0:.1f}s on {row['device'] or '?'}"
                  + (f" ({row['error']})" if row.get("error") else ""))
-
-
-def _print_plan(specs: list[TrialSpec], done: dict[str, str], out: Callable[[str], None], num_classes: int) -> None:
-    """The dry-run table: one line per trial with its factor, setting, config and parameter counts (for the data's
-    `num_classes` classes)."""
-    from beanlib.models import parameter_counts
-
-    out(f"{'trial_id':18s} {'factor':36s} {'setting':26s} {'rep':>3s} {'trainable':>11s} {'total':>11s}  status  config")
-    for spec in specs:
-        trainable, total = parameter_counts(spec.config, num_classes)
-        shown = {k: v for k, v in spec.config.to_dict().items() if v is not None}
-        out(f"{spec.trial_id:18s} {spec.factor:36s} {spec.setting:26s} {spec.repeat:3d} {trainable:11,d} {total:11,d}  "
-            f"{done.get(spec.trial_id, 'todo'):6s}  {json.dumps(shown)}")
-    out(f"{len(specs)} trials, {sum(1 for s in specs if done.get(s.trial_id) in FINISHED)} finished")

@@ -143,15 +143,15 @@ def test_out_of_memory_is_recognised_on_every_backend(error, status):
 def test_the_jobs_runtime_env_wins_and_is_never_merged_twice(monkeypatch):
     import json
 
-    from beanlib.sweep import _runtime_env
+    from beanlib.preflight import runtime_env
 
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
     monkeypatch.setenv("KERAS_BACKEND", "tensorflow")
     monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
-    assert _runtime_env()["env_vars"] == {"TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"}
+    assert runtime_env()["env_vars"] == {"TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"}
     job = {"runtime_env": {"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2"}, "working_dir": "gcs://x.zip"}}
     monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps(job))
-    assert _runtime_env()["env_vars"] == {"KERAS_BACKEND": "tensorflow"}
+    assert runtime_env()["env_vars"] == {"KERAS_BACKEND": "tensorflow"}
 
 
 def test_a_moved_data_folder_and_weights_file_resume_with_nothing_rerun(local_ray, monkeypatch, tmp_path, jpeg_folder,

@@ -1,0 +1,90 @@
+"""What the sweep checks, records and shows before it runs anything: the options, the memory the data needs, the
+run's manifest, the environment its Ray workers get, and the dry run's table. No Ray import here."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import TYPE_CHECKING, Any, Callable
+
+from beanlib import backend
+from beanlib.config import CLASS_NAMES
+from beanlib.data import CARVE_FRACTIONS, CARVE_SEED, decoded_bytes
+from beanlib.errors import BeanlibError
+from beanlib.results import FINISHED
+from beanlib.studies import TrialSpec
+from beanlib.weights import content_identity
+
+if TYPE_CHECKING:
+    from beanlib.sweep import SweepOptions
+
+JOB_CONFIG = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray for the driver of a `ray job submit` job: the job's config
+
+def check_options(opts: "SweepOptions", specs: list[TrialSpec]) -> None:
+    """Refuse options that cannot work together, in one line each: a relative results folder inside `ray job
+    submit`'s temporary copy of the working directory; a pruning scheduler across two model families."""
+    if JOB_CONFIG in os.environ and "://" not in opts.results and not os.path.isabs(os.path.expanduser(opts.results)):
+        raise BeanlibError(f"--results {opts.results} is relative, and under `ray job submit` that is inside Ray's temporary "
+                           "copy of the working directory, which Ray deletes: pass an absolute path or a URI (s3://, gs://)")
+    if opts.scheduler != "fifo" and len({s.config.model for s in specs}) > 1:
+        raise BeanlibError(f"--scheduler {opts.scheduler} compares trials by validation accuracy, and study {opts.study} mixes "
+                           "LeNet and Inception-v3, whose curves are not comparable: run one family per sweep "
+                           "(e.g. --study lenet-full or --study inception), or use --scheduler fifo")
+
+
+# The decoded images must fit in this share of the driver's available memory (ours: the rest is for decoding
+# buffers and, on one machine, the trials), and once in Ray's object store, from which every trial maps them.
+MEMORY_SHARE = 0.8
+
+
+def check_memory(source: str, sizes: list[int], per_class: int | None) -> None:
+    """Refuse, before decoding, data that would not fit in this machine's memory, with the figures."""
+    import psutil
+
+    need = sum(decoded_bytes(source, size, per_class) or 0 for size in sizes)
+    available = psutil.virtual_memory().available
+    if need > MEMORY_SHARE * available:
+        raise BeanlibError(f"the decoded images need {need / 2**30:.1f} GiB (every image, uint8, at {', '.join(map(str, sizes))}px) "
+                           f"and this machine has {available / 2**30:.1f} GiB available: use --per-class, a smaller "
+                           "--image-size, or a machine with more memory")
+
+
+def manifest(opts: "SweepOptions", chosen_backend: str, per_class: int | None, data: dict) -> dict[str, Any]:
+    """What the run is, for run.json: study, options (a weights file by content), repeats, the data's source
+    (provenance) and, where they differ from beans' defaults, scheduler, backend, classes and a split beanlib made.
+    Keys older runs do not have are recorded only when set away from their defaults, so those runs still match."""
+    source = opts.data if opts.data in ("tfds", "synthetic") or opts.data.startswith("tfds:") or "://" in opts.data \
+        else os.path.abspath(opts.data)
+    overrides = opts.overrides()
+    if overrides.get("weights"):
+        overrides["weights"] = content_identity(overrides["weights"])
+    first = next(iter(data.values()))
+    extra = {"scheduler": opts.scheduler} if opts.scheduler != "fifo" else {}
+    extra |= {"backend": chosen_backend} if chosen_backend != backend.DEFAULT else {}
+    extra |= {"classes": list(first.class_names)} if first.class_names != CLASS_NAMES else {}
+    extra |= {"split": f"made by beanlib: {CARVE_FRACTIONS} per class, seed {CARVE_SEED}; see split.parquet"} if first.carved else {}
+    return {"study": opts.study, "data": source, "repeats": opts.repeats, "per_class": per_class, "overrides": overrides, **extra}
+
+
+def runtime_env() -> dict[str, Any]:
+    """The driver's env vars that every worker needs (C++ log level, Keras backend), less any that the job's own
+    runtime env sets (`ray job submit --runtime-env-json`): there the user's value wins, and Ray refuses to merge
+    one key from both."""
+    wanted = {k: os.environ[k] for k in ("TF_CPP_MIN_LOG_LEVEL", "BEANLIB_SET_TF_LOG_LEVEL", "KERAS_BACKEND") if k in os.environ}
+    job = json.loads(os.environ.get(JOB_CONFIG) or "{}")
+    theirs = (job.get("runtime_env") or {}).get("env_vars") or {}
+    return {"env_vars": {k: v for k, v in wanted.items() if k not in theirs}}
+
+
+def print_plan(specs: list[TrialSpec], done: dict[str, str], out: Callable[[str], None], num_classes: int) -> None:
+    """The dry-run table: one line per trial with its factor, setting, config and parameter counts (for the data's
+    `num_classes` classes)."""
+    from beanlib.models import parameter_counts
+
+    out(f"{'trial_id':18s} {'factor':36s} {'setting':26s} {'rep':>3s} {'trainable':>11s} {'total':>11s}  status  config")
+    for spec in specs:
+        trainable, total = parameter_counts(spec.config, num_classes)
+        shown = {k: v for k, v in spec.config.to_dict().items() if v is not None}
+        out(f"{spec.trial_id:18s} {spec.factor:36s} {spec.setting:26s} {spec.repeat:3d} {trainable:11,d} {total:11,d}  "
+            f"{done.get(spec.trial_id, 'todo'):6s}  {json.dumps(shown)}")
+    out(f"{len(specs)} trials, {sum(1 for s in specs if done.get(s.trial_id) in FINISHED)} finished")
