@@ -20,7 +20,7 @@ from beanlib import tables
 from beanlib.errors import BeanlibError
 from beanlib.page import Doc
 from beanlib.results import RAN_IN_FULL, RunStore
-from beanlib.stats import by_factor, family_choice, family_comparison, verdict
+from beanlib.stats import by_factor, family_comparison, verdict
 from beanlib.studies import trial_id_of_row
 
 # What a reader must know about each kind of Inception-v3 base, keyed by the first word of weights.describe().
@@ -164,10 +164,9 @@ def _compose(trials, epochs, manifest, store, out: Path):
                    f"Learning curves per setting of {factor}: train (solid) and validation (dashed)")
 
     doc.h(2, "LeNet against Inception-v3: each family's setting chosen on validation")
-    best = tables.family_table(trials, epochs)
-    if not best.empty:
-        doc.table(best)
-        chosen = {model: family_choice(trials, model) for model in best["model"]}
+    chosen = tables.family_choices(trials)
+    if chosen:
+        doc.table(tables.family_table(chosen, epochs))
         doc.p("Each family's setting with the highest mean validation accuracy over all its settings; figures are "
               "means over its repeats, its confusion matrix the sum of theirs."
               + (" " + family_comparison(chosen["lenet"], chosen["inception"]) if len(chosen) == 2 else ""))

@@ -196,7 +196,8 @@ class RunStore:
         finished; the other is moved to RUN/superseded/, not deleted.
         """
         done: list[str] = []
-        rows = [(path, self._read_file(path).to_pylist()[0]) for path in self._files("trials")]
+        tables = {path: self._read_file(path) for path in self._files("trials")}
+        rows = [(path, table.to_pylist()[0]) for path, table in tables.items()]
         manifest = self.manifest()
         weights = (manifest or {}).get("overrides", {}).get("weights")
         if weights and weights not in ("imagenet", "none") and not weights.startswith("sha256:"):
@@ -219,7 +220,7 @@ class RunStore:
                 done.append(f"trial {old}: the same trial as {new}, finished earlier; set aside in {SUPERSEDED}/")
                 continue
             keyed.add(new)
-            stale = pq.read_schema(path, filesystem=self.fs) != TRIAL_SCHEMA
+            stale = tables[path].schema != TRIAL_SCHEMA
             if epochs is not None and (new != old or epochs.schema != EPOCH_SCHEMA):
                 rows = [{**e, "trial_id": new} for e in epochs.to_pylist()]
                 self._write_table("epochs", new, pa.Table.from_pylist(rows, schema=EPOCH_SCHEMA))
@@ -241,9 +242,7 @@ class RunStore:
     def write_split(self, rows) -> None:
         """RUN/split.parquet: which file (or item) went to which split, for a source that beanlib split itself."""
         table = pa.Table.from_pylist([dict(zip(SPLIT_SCHEMA.names, row)) for row in rows], schema=SPLIT_SCHEMA)
-        sink = pa.BufferOutputStream()
-        pq.write_table(table, sink)
-        self._write_bytes(f"{self.path}/split.parquet", sink.getvalue().to_pybytes())
+        self._write_parquet(f"{self.path}/split.parquet", table)
 
     def finished(self) -> dict[str, str]:
         """trial_id -> status of every trial with a row."""
@@ -268,9 +267,12 @@ class RunStore:
     def _write_table(self, kind: str, trial_id: str, table: pa.Table | list[dict], schema: pa.Schema | None = None) -> None:
         if not isinstance(table, pa.Table):
             table = pa.Table.from_pylist(table, schema=schema)
+        self._write_parquet(f"{self.path}/{kind}/{trial_id}.parquet", table)
+
+    def _write_parquet(self, path: str, table: pa.Table) -> None:
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink)
-        self._write_bytes(f"{self.path}/{kind}/{trial_id}.parquet", sink.getvalue().to_pybytes())
+        self._write_bytes(path, sink.getvalue().to_pybytes())
 
     def _write_json(self, name: str, value: dict) -> None:
         self._write_bytes(f"{self.path}/{name}", json.dumps(value, indent=1, sort_keys=True).encode())

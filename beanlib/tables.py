@@ -120,20 +120,23 @@ def pct(value: float) -> str:
     return "" if math.isnan(value) else f"{value:.1f}"
 
 
-def family_table(trials: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
-    """Each family's setting chosen on validation, with its test figures averaged over its repeats."""
+def family_choices(trials: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """model -> the runs of its setting chosen on validation, for each family that has one."""
+    chosen = {model: family_choice(trials, model) for model in ("lenet", "inception")}
+    return {model: runs for model, runs in chosen.items() if not runs.empty}
+
+
+def family_table(chosen: dict[str, pd.DataFrame], epochs: pd.DataFrame) -> pd.DataFrame:
+    """Each family's setting chosen on validation (`family_choices`), with its test figures averaged over its repeats."""
     rows = []
-    for model in ("lenet", "inception"):
-        t = family_choice(trials, model)
-        if t.empty:
-            continue
+    for model, t in chosen.items():
         converged, gap = zip(*(convergence(epochs, trial_id, CONVERGED_WITHIN) for trial_id in t["trial_id"]))
         per_class = np.mean([list(a) for a in t["per_class_accuracy"]], axis=0)
         rows.append({"model": model, "setting": t["setting"].iloc[0], "n": len(t),
                      "val acc %": f"{100 * t['val_accuracy'].mean():.1f}", "test acc %": f"{100 * t['test_accuracy'].mean():.1f}",
                      "epochs to converge": _mean_text(converged, "{:.1f}"), "train-val gap (points)": _mean_text(gap, "{:.1f}", 100),
                      "train s": f"{t['train_seconds'].mean():.0f}", "images/s": f"{t['images_per_second'].mean():.0f}",
-                     "per-class %": ", ".join(f"{c}: {100 * a:.0f}" for c, a in zip(class_names(trials), per_class))})
+                     "per-class %": ", ".join(f"{c}: {100 * a:.0f}" for c, a in zip(class_names(t), per_class))})
     return pd.DataFrame(rows)
 
 
