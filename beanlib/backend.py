@@ -68,9 +68,26 @@ def configure(cpus: int | None = None, gpu_share: float = 1.0, use_gpu: bool = T
     _CONFIGURED.update(backend=name, cpus=cpus, use_gpu=use_gpu)
 
 
-def batches(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle_seed: int | None = None):
-    """What `fit` reads: batches of (x, y) in order, or reshuffled every epoch from `shuffle_seed`."""
-    return BACKENDS[current()].batches(x, y, batch_size, shuffle_seed)
+def batches(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle_seed: int | None = None, start_epoch: int = 0,
+            endless: bool = False):
+    """What `fit` reads from epoch `start_epoch` on: batches of (x, y) in order, or in `epoch_order(seed, epoch)`.
+    `endless` (training data): epoch after epoch, for a `fit` given `steps_per_epoch=steps(len(y), batch_size)`;
+    else one epoch (validation data, read anew each epoch). Each epoch's order
+    depends on nothing but the seed and the epoch, on every backend: a trial resumed at epoch k sees what an
+    uninterrupted one saw, and the backends see the same data order."""
+    return BACKENDS[current()].batches(x, y, batch_size, shuffle_seed, start_epoch, endless)
+
+
+def steps(count: int, batch_size: int) -> int:
+    """Batches in one epoch of `count` items (the last one may be short)."""
+    return -(-count // batch_size)
+
+
+def epoch_order(count: int, seed: int | None, epoch: int) -> np.ndarray:
+    """The order of `count` items in `epoch`: 0..count-1 without a seed, else a permutation fixed by (seed, epoch)."""
+    if seed is None:
+        return np.arange(count)
+    return np.random.default_rng([seed, epoch]).permutation(count)
 
 
 def decoder_tensorflow():
@@ -117,12 +134,15 @@ def _tf_configure(cpus: int | None, gpu_share: float, use_gpu: bool) -> None:
         tf.config.experimental.enable_op_determinism()  # free on CPU (measured: 202 against 203 images/s)
 
 
-def _tf_batches(x, y, batch_size: int, shuffle_seed: int | None):
-    """tf.data batches gathered from the arrays by index: only indices are shuffled, so memory holds the arrays once.
-    (`from_tensor_slices` would copy them into the graph and a full-size shuffle buffer would copy them again: three
-    copies of 1.2 GB of cached fine-tune activations at 299px.) Shuffling indices with the same seed and buffer size
-    gives the same order as shuffling the elements did (tests/test_backends.py), so histories are unchanged."""
+def _tf_batches(x, y, batch_size: int, shuffle_seed: int | None, start_epoch: int = 0, endless: bool = False):
+    """tf.data batches gathered from the arrays by index; `endless`: epoch after epoch in one stream (`fit` takes
+    steps_per_epoch and keeps one iterator; a stream that ended with the last epoch would make prefetching
+    report it as data run out). Memory holds the arrays once (`from_tensor_slices` would copy them
+    into the graph, a shuffle buffer again: three copies of 1.2 GB of cached fine-tune activations at 299px).
+    An epoch's order is `epoch_order`: not the state of a shuffle op, which Keras advances in ways of its own."""
     import tensorflow as tf
+
+    count = len(y)
 
     def gather(index):
         return x[index], y[index]
@@ -131,10 +151,14 @@ def _tf_batches(x, y, batch_size: int, shuffle_seed: int | None):
         images, labels = tf.numpy_function(gather, [index], (tf.as_dtype(x.dtype), tf.as_dtype(y.dtype)), stateful=False)
         return tf.ensure_shape(images, (None, *x.shape[1:])), tf.ensure_shape(labels, (None,))
 
-    ds = tf.data.Dataset.range(len(y))
-    if shuffle_seed is not None:
-        ds = ds.shuffle(len(y), seed=shuffle_seed, reshuffle_each_iteration=True)
-    return ds.batch(batch_size).map(batch).prefetch(tf.data.AUTOTUNE)
+    def one_epoch(epoch):
+        order = tf.numpy_function(lambda e: epoch_order(count, shuffle_seed, int(e)).astype(np.int64), [epoch], tf.int64, stateful=False)
+        return tf.data.Dataset.from_tensor_slices(tf.ensure_shape(order, (count,))).batch(batch_size)
+
+    stream = tf.data.Dataset.range(start_epoch, 2**62 if endless else start_epoch + 1).flat_map(one_epoch)  # lazily
+    if not endless:  # flat_map hides the length, and Keras warns of data run out where it does not know it
+        stream = stream.apply(tf.data.experimental.assert_cardinality(steps(count, batch_size)))
+    return stream.map(batch).prefetch(tf.data.AUTOTUNE)
 
 
 # Of a trial's GPU share, what its allocator may hold: the CUDA context and XLA's scratch space live outside it.
@@ -194,22 +218,19 @@ def compile_cache_dir():
     return Path(value) if value else default_cache_dir() / "jax-compile"
 
 
-def _pydataset_batches(x, y, batch_size: int, shuffle_seed: int | None):
-    """A keras.utils.PyDataset over in-memory arrays, reshuffled each epoch from (seed, epoch): any backend."""
+def _pydataset_batches(x, y, batch_size: int, shuffle_seed: int | None, start_epoch: int = 0, endless: bool = False):
+    """A keras.utils.PyDataset over in-memory arrays, each epoch in `epoch_order` (Keras calls on_epoch_end; one
+    object serves every epoch, so `endless` changes nothing)."""
     import keras
 
     class Batches(keras.utils.PyDataset):
         def __init__(self):
             super().__init__()
-            self.order, self.epoch = self._order(0), 0
-
-        def _order(self, epoch: int) -> np.ndarray:
-            if shuffle_seed is None:
-                return np.arange(len(y))
-            return np.random.default_rng([shuffle_seed, epoch]).permutation(len(y))
+            self.epoch = start_epoch
+            self.order = epoch_order(len(y), shuffle_seed, start_epoch)
 
         def __len__(self):
-            return -(-len(y) // batch_size)
+            return steps(len(y), batch_size)
 
         def __getitem__(self, index):
             chosen = self.order[index * batch_size:(index + 1) * batch_size]
@@ -217,7 +238,7 @@ def _pydataset_batches(x, y, batch_size: int, shuffle_seed: int | None):
 
         def on_epoch_end(self):
             self.epoch += 1
-            self.order = self._order(self.epoch)
+            self.order = epoch_order(len(y), shuffle_seed, self.epoch)
 
     return Batches()
 

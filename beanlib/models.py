@@ -111,6 +111,18 @@ def build_inception(config: TrialConfig, num_classes: int = NUM_CLASSES) -> Buil
     return Built(model, base=base, head=head, features=keras.Model(inputs, pooled, name="features"))
 
 
+def for_inference(built: Built) -> keras.Model:
+    """The trained model as users load it (`keras.saving.load_model`, any backend, without beanlib): built-in
+    layers only. Inception-v3's PretrainedBase (which only decides BatchNorm's mode in training) gives way to the
+    base itself, called as a plain nested model, with the same layers and weights; in inference its BatchNorm uses
+    the moving statistics either way."""
+    if built.base is None:
+        return keras.Model(built.model.inputs, built.model.outputs, name=built.model.name)  # uncompiled: no optimizer state
+    inputs = keras.Input(built.model.input_shape[1:], name="image")
+    pooled = layers.GlobalAveragePooling2D(name="pool")(built.base(_inception_rescaling()(inputs)))
+    return keras.Model(inputs, built.head(pooled), name=built.model.name)
+
+
 def _inception_rescaling() -> layers.Layer:
     """uint8-range pixels to Inception-v3's [-1, 1]."""
     return layers.Rescaling(1 / 127.5, offset=-1)

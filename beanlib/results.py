@@ -3,6 +3,8 @@
     RESULTS/RUN/run.json            what the run is (study, data, options): a re-run must match it
     RESULTS/RUN/trials/ID.parquet   one row per trial (TRIAL_SCHEMA)
     RESULTS/RUN/epochs/ID.parquet   one row per trial, phase and epoch (EPOCH_SCHEMA)
+    RESULTS/RUN/models/ID.keras     a kept model (Keras 3 native format), named in its trial's row
+    RESULTS/RUN/tune/               Ray Tune's experiments: its logs, TensorBoard events, running trials' checkpoints
 
 Each file is written to a hidden temporary name and renamed into place, so a
 killed process never leaves half a file, and readers (pandas, DuckDB, pyarrow
@@ -94,6 +96,10 @@ TRIAL_SCHEMA = pa.schema(
         ("feature_source", pa.string()),  # Inception base features: computed (by this trial), shared (by the sweep), cache
         ("shared_feature_seconds", pa.float64()),  # "shared": the sweep's one computation, not in train_seconds
         ("peak_rss_bytes", pa.int64()),  # the trial process's peak resident memory
+        ("resumed_from_epoch", pa.int64()),  # the checkpoint's epoch the trial resumed from; null: ran from the start
+        ("model_file", pa.string()),  # the kept model, relative to the run (models/ID.keras); null: not kept
+        ("model_bytes", pa.int64()),  # size and sha256 of the .keras file the trial saved (kept while model_file is set)
+        ("model_sha256", pa.string()),
         ("node", pa.string()),
         ("device", pa.string()),
         ("backend", pa.string()),  # the Keras backend the trial ran on (tensorflow, jax)
@@ -130,6 +136,7 @@ SCHEMAS = {"trials": TRIAL_SCHEMA, "epochs": EPOCH_SCHEMA}
 # run.json keys that say where inputs were read from, not what they are: a re-run may differ in them. A run is
 # known by content: its overrides name a weights file by sha256, its data by `data_fingerprints` (per image size).
 PROVENANCE = ("data", "weights_sha256")  # the latest data source; every path a weights file was read from -> sha256
+MODELS = "models"  # RUN/models/ID.keras: the kept models (--keep-models)
 SUPERSEDED = "superseded"  # RUN/superseded/{trials,epochs}/: a second finished row of one trial, set aside by upgrade
 
 
@@ -239,6 +246,35 @@ class RunStore:
                 done.append(f"epochs {trial_id}: current schema")
         return done
 
+    def write_model(self, trial_id: str, local_path: str) -> str:
+        """Copy a trial's .keras file into RUN/models/ID.keras (atomically); returns that name, relative to the run."""
+        name = f"{MODELS}/{trial_id}.keras"
+
+        def copy(out) -> None:
+            with open(local_path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 24), b""):
+                    out.write(block)
+
+        self._write_stream(f"{self.path}/{name}", copy)
+        return name
+
+    def model_path(self, name: str) -> str:
+        """Where a row's model_file lies (a local path, or a URI)."""
+        return f"{self.uri}/{name}"
+
+    def keep_models(self, kept: set[str]) -> list[str]:
+        """Delete the model files of trials not in `kept` and clear their rows' model_file; returns those trials."""
+        dropped = []
+        for row in self.read_table("trials", columns=["trial_id", "model_file"]).to_pylist():
+            if row["model_file"] and row["trial_id"] not in kept:
+                path = f"{self.path}/{row['model_file']}"
+                if self.fs.get_file_info(path).type == pafs.FileType.File:
+                    self.fs.delete_file(path)
+                table = self._read_file(f"{self.path}/trials/{row['trial_id']}.parquet")
+                self._write_table("trials", row["trial_id"], [{**table.to_pylist()[0], "model_file": None}], TRIAL_SCHEMA)
+                dropped.append(row["trial_id"])
+        return dropped
+
     def write_split(self, rows) -> None:
         """RUN/split.parquet: which file (or item) went to which split, for a source that beanlib split itself."""
         table = pa.Table.from_pylist([dict(zip(SPLIT_SCHEMA.names, row)) for row in rows], schema=SPLIT_SCHEMA)
@@ -301,8 +337,11 @@ class RunStore:
                 self.fs.move(f"{self.path}/{kind}/{trial_id}.parquet", f"{self.path}/{SUPERSEDED}/{kind}/{trial_id}.parquet")
 
     def _write_bytes(self, path: str, payload: bytes) -> None:
-        """Atomic write: on a local or mounted filesystem a hidden temporary file renamed into place; on an
-        object store a single PUT, which is atomic already (and where a rename would be a copy)."""
+        self._write_stream(path, lambda out: out.write(payload))
+
+    def _write_stream(self, path: str, write: Callable[[Any], None]) -> None:
+        """Atomic write of what `write(stream)` writes: on a local or mounted filesystem a hidden temporary file
+        renamed into place; on an object store a single upload, which is atomic already (a rename would copy)."""
         folder = path.rsplit("/", 1)[0]
         try:
             self.fs.create_dir(folder, recursive=True)
@@ -310,12 +349,12 @@ class RunStore:
             raise BeanlibError(f"cannot write results under {self.uri} ({error}): pass a writable --results") from None
         if not isinstance(self.fs, pafs.LocalFileSystem):
             with self.fs.open_output_stream(path) as out:
-                out.write(payload)
+                write(out)
             return
         tmp = f"{folder}/.{path.rsplit('/', 1)[1]}.{uuid.uuid4().hex}.tmp"
         try:
             with self.fs.open_output_stream(tmp) as out:
-                out.write(payload)
+                write(out)
             self.fs.move(tmp, path)
         except BaseException:
             self.fs.delete_file(tmp) if self.fs.get_file_info(tmp).type == pafs.FileType.File else None

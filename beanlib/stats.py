@@ -92,6 +92,39 @@ def family_choice(trials: pd.DataFrame, model: str) -> pd.DataFrame:
     return ran_in_full(mine.iloc[:0]) if chosen is None else ran_in_full(mine[mine["setting"] == rows.loc[chosen, "setting"]])
 
 
+def best_run(runs: pd.DataFrame) -> str | None:
+    """The trial id, among one setting's runs that ran in full, of the highest validation accuracy (then the lowest
+    validation loss, then the first repeat): the one run of a chosen setting that is kept as its model."""
+    ok = ran_in_full(runs)
+    if ok.empty:
+        return None
+    ordered = ok.assign(_loss=ok["val_loss"].fillna(math.inf)).sort_values(
+        ["val_accuracy", "_loss", "repeat"], ascending=[False, True, True], kind="stable")
+    return str(ordered["trial_id"].iloc[0])
+
+
+def winners(trials: pd.DataFrame) -> dict[str, str]:
+    """The models `--keep-models best` keeps, all chosen on validation: factor or family -> trial id. Each factor's
+    chosen setting and each family's, by its best run (`best_run`); and "best", the family whose chosen setting has
+    the higher mean validation accuracy (then the lower mean validation loss)."""
+    found: dict[str, str] = {}
+    for factor, rows in by_factor(trials).groupby("factor", sort=False):
+        settings = pd.DataFrame([{"label": label, **setting_stats(g)} for label, g in rows.groupby("label", sort=False)])
+        chosen = choose(settings)
+        if chosen is not None and (run := best_run(rows[rows["label"] == settings.loc[chosen, "label"]])):
+            found[factor] = run
+    families = {}
+    for model in ("lenet", "inception"):
+        runs = family_choice(trials, model)
+        if not runs.empty:
+            found[model] = best_run(runs)
+            families[model] = {"label": model, **setting_stats(runs)}
+    if families:
+        overall = choose(pd.DataFrame(families.values(), index=list(families)))
+        found["best"] = found[overall]
+    return found
+
+
 @dataclass
 class Verdict:
     """A factor's answer: the setting chosen on validation, one test across every eligible setting (on test), and

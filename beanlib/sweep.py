@@ -20,14 +20,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Protocol
 
+import pyarrow.fs as pafs
 import ray
 from ray import tune
 
-from beanlib import backend, preflight
+from beanlib import backend, checkpoint, preflight
 from beanlib.console import hide_native_logs
 from beanlib.data import class_names, load_beans
 from beanlib.errors import BeanlibError
-from beanlib.results import FINISHED, RunStore, provenance, trial_row
+from beanlib.results import FINISHED, MODELS, RunStore, provenance, trial_row
+from beanlib.stats import winners
 from beanlib.studies import STUDIES, TrialSpec, estimated_cost, plan, trial_id_of_row
 from beanlib.weights import check_weights, weights_sha256
 
@@ -66,13 +68,16 @@ class SweepOptions:
     gpus_per_trial: float | None = None
     max_concurrent: int | None = None
     retries: int = 1
+    checkpoint_seconds: float = 60.0  # a running trial's checkpoint after an epoch, at most this often (0: every epoch)
+    keep_models: str = "best"  # a key of KEEP_MODELS
     early_stop: int | None = None  # patience in epochs (0 or None: off, the studies' fixed epochs)
     scheduler: str = "fifo"  # a key of SCHEDULERS
     backend: str | None = None  # Keras backend of every trial (beanlib.backend); None: $KERAS_BACKEND, else tensorflow
     dry_run: bool = False
     verbose: bool = False  # Ray Tune's status tables and the workers' output on the console
     # Tests of failure handling: "SETTING" makes that setting's trials raise; "SETTING:crash" kills
-    # their worker process outright, as Ray's OOM killer or a lost node would.
+    # their worker process outright, as Ray's OOM killer or a lost node would; "SETTING:crash@E" kills it once
+    # epoch E is reported (in the attempt that reaches E, not in one resumed past it).
     inject_fault: tuple[str, ...] = ()
 
     def overrides(self) -> dict[str, Any]:
@@ -118,6 +123,8 @@ def run_sweep(opts: SweepOptions, out: Callable[[str], None] = print, progress: 
         for change in store.upgrade(trial_id_of_row):  # a run from an older beanlib: current schema, ids from content
             out(f"upgraded {store.run}: {change}")
     done = store.finished()
+    if opts.keep_models not in KEEP_MODELS:
+        raise BeanlibError(f"unknown --keep-models {opts.keep_models!r}: use one of {', '.join(KEEP_MODELS)}")
     todo = sorted((s for s in specs if done.get(s.trial_id) not in FINISHED), key=lambda s: -estimated_cost(s.config))
     if opts.dry_run:
         preflight.print_plan(specs, done, out, len(class_names(opts.data)))
@@ -146,6 +153,14 @@ def run_sweep(opts: SweepOptions, out: Callable[[str], None] = print, progress: 
             if progress is not None:
                 progress.stop()
     statuses = store.finished()
+    if all(statuses.get(s.trial_id) in FINISHED for s in specs):
+        _drop_checkpoints(store, set(statuses))  # left by a driver that stopped between a row and its cleanup
+        if opts.keep_models == "best":
+            kept = winners(store.read_table("trials").to_pandas())
+            dropped = store.keep_models(set(kept.values()))
+            if kept:
+                out(f"models kept (chosen on validation): " + ", ".join(f"{label} {trial}" for label, trial in kept.items())
+                    + (f"; {len(dropped)} others removed" if dropped else "") + f", in {store.uri}/{MODELS}")
     summary = SweepSummary(len(specs), len(todo), {s.trial_id: statuses.get(s.trial_id, "missing") for s in specs},
                            time.perf_counter() - started)
     counts = {status: list(summary.statuses.values()).count(status) for status in sorted(set(summary.statuses.values()))}
@@ -185,8 +200,12 @@ def _tune(opts: SweepOptions, store: RunStore, todo: list[TrialSpec], data: dict
     resources = _resources(opts, has_gpus)
     features = _shared_features(todo, data, resources, out)
     specs = {s.trial_id: s.to_dict() for s in todo}
-    context = {"run": store.run, "data": opts.data, "provenance": provenance(), "retries": opts.retries, "backend": backend.current(),
-               "inject_fault": list(opts.inject_fault), "specs": specs}
+    earlier = _earlier_checkpoints(store, set(specs))
+    if earlier:
+        out(f"{len(earlier)} trial(s) resume from the checkpoint of an earlier sweep: " + ", ".join(sorted(earlier)))
+    context = {"run": store.run, "results": store.uri, "data": opts.data, "provenance": provenance(), "retries": opts.retries,
+               "backend": backend.current(), "inject_fault": list(opts.inject_fault), "specs": specs, "earlier": earlier,
+               "checkpoint_seconds": opts.checkpoint_seconds, "keep_models": opts.keep_models != "none"}
     # with_parameters puts data and features into Ray's object store once; every trial reads them from there.
     trainable = tune.with_parameters(
         tune.with_resources(_trainable, lambda config: resources[specs[config["trial_id"]]["config"]["model"]]),
@@ -195,7 +214,8 @@ def _tune(opts: SweepOptions, store: RunStore, todo: list[TrialSpec], data: dict
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
     tuner = tune.Tuner(
         trainable,
-        param_space={"trial_id": tune.grid_search(list(specs))},  # specs travel in `context`: a compact trial table
+        # specs travel in `context`; the config holds the trial id and, for TensorBoard's HParams view, its settings
+        param_space={"trial_id": tune.grid_search(list(specs)), **_hparams(specs)},
         tune_config=tune.TuneConfig(max_concurrent_trials=opts.max_concurrent, scheduler=SCHEDULERS[opts.scheduler](todo),
                                     trial_name_creator=lambda trial: _trial_name(specs[trial.config["trial_id"]]),
                                     trial_dirname_creator=lambda trial: trial.config["trial_id"]),
@@ -203,6 +223,7 @@ def _tune(opts: SweepOptions, store: RunStore, todo: list[TrialSpec], data: dict
             name=f"tune-{stamp}",
             storage_path=f"{store.uri}/tune",  # Tune's own experiment state lives beside the Parquet
             failure_config=tune.FailureConfig(max_failures=opts.retries),  # crashed workers, lost nodes
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # a running trial's last checkpoint only
             callbacks=[_WriteResults(store, specs, opts.data, context["provenance"], out, progress)],
             verbose=1 if opts.verbose else 0,
         ),
@@ -247,6 +268,29 @@ def _asha(todo: list[TrialSpec]):
 
 
 SCHEDULERS: dict[str, Callable[[list[TrialSpec]], Any]] = {"fifo": lambda todo: None, "asha": _asha}
+
+# --keep-models: which trials' trained models stay under RUN/models once the run is complete. "best": those
+# `beanlib.stats.winners` chooses on validation; every trial saves its model until then, since the choice needs
+# every row. "none" saves none.
+KEEP_MODELS = ("best", "all", "none")
+
+
+# What TensorBoard's HParams view shows of each trial: its place in the study and the settings the studies vary.
+HPARAMS = ("model", "factor", "setting", "repeat", "image_size", "epochs", "learning_rate", "seed", "kernel_size",
+           "kernel_counts", "regularizer", "unfreeze_from", "fine_tune_epochs", "batchnorm")
+
+
+def _hparams(specs: dict[str, dict]) -> dict[str, Any]:
+    """Tune config entries that resolve each HPARAMS value from the trial's id (Tune resolves sample_from after the
+    grid): strings and numbers only, as TensorBoard takes them ("none" for an unset value)."""
+    def value(trial_id: str, name: str):
+        spec = specs[trial_id]
+        v = spec[name] if name in spec else spec["config"].get(name)
+        if isinstance(v, (list, tuple)):
+            return "-".join(map(str, v))
+        return "none" if v is None else v
+
+    return {name: tune.sample_from(lambda s, name=name: value(s.config["trial_id"], name)) for name in HPARAMS}
 
 
 def _trial_name(spec: dict) -> str:
@@ -313,6 +357,20 @@ def _trainable(config: dict, data: dict, features: dict, context: dict) -> None:
     start = datetime.now(timezone.utc)
     trial_data = data[spec.config.image_size]
     shared = features.get(features_key(spec.config, trial_data)) if spec.config.model == "inception" else None
+    resume = _resume_state(context["earlier"].get(spec.trial_id))
+    model_file = os.path.join(tempfile.mkdtemp(prefix="beanlib-model-"), f"{spec.trial_id}.keras") if context["keep_models"] else None
+    planned = spec.config.planned_epochs
+
+    crash_at = next((int(f.rsplit("@", 1)[1]) for f in context["inject_fault"] if f.startswith(f"{spec.setting}:crash@")), None)
+
+    def report(record: dict, saved: tune.Checkpoint | None = None) -> None:
+        _report_epoch(record, planned, saved)
+        if record["epoch"] == crash_at:
+            os._exit(17)
+
+    def report_checkpoint(record: dict, directory: str) -> None:
+        report(record, tune.Checkpoint.from_directory(directory))
+
     result, status, error, attempts = None, "error", None, 0
     for attempts in range(1, context["retries"] + 2):
         try:
@@ -321,7 +379,8 @@ def _trainable(config: dict, data: dict, features: dict, context: dict) -> None:
             if spec.setting in context["inject_fault"]:
                 raise RuntimeError(f"injected fault in setting {spec.setting}")
             result = run_trial(spec.config, trial_data, features=shared, cpus=cpus, use_gpu=bool(gpu_ids), gpu_share=gpu_share,
-                               on_epoch=lambda record: _report_epoch(record, spec.config.planned_epochs))
+                               on_epoch=report, on_checkpoint=report_checkpoint,
+                               checkpoint_seconds=context["checkpoint_seconds"], resume=resume, save_model=model_file)
             status, error = result.status, None
             if status in FINISHED:
                 break
@@ -329,17 +388,61 @@ def _trainable(config: dict, data: dict, features: dict, context: dict) -> None:
             status, error, result = _failure_status(exc), f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:500]}", None
     row = trial_row(spec, result, status=status, error=error, attempts=attempts, data=context["data"], node=node,
                     device=device, start_time=start, end_time=datetime.now(timezone.utc), provenance=context["provenance"])
+    if result is not None and result.model_sha256:  # the model goes into the run's storage before its row is written
+        row["model_file"] = RunStore(*context["results"].rsplit("/", 1)).write_model(spec.trial_id, model_file)
+        os.remove(model_file)
     last = result.history[-1] if result and result.history else {"epoch": 0, "val_accuracy": 0.0}  # for a scheduler
     tune.report({"finished": 1, "status": status, "test_accuracy": row.get("test_accuracy"),
                  "epoch": last["epoch"], "val_accuracy": last["val_accuracy"],
                  "beanlib_row": json.dumps(row, default=str), "beanlib_epochs": json.dumps(result.history if result else [])})
 
 
-def _report_epoch(record: dict, planned_epochs: int) -> None:
-    """Every epoch but the last goes to Tune as it ends. The last one arrives only with the final result, so a
-    scheduler that stops the trial at that epoch finds it complete (row and test metrics), not to be pruned."""
+def _report_epoch(record: dict, planned_epochs: int, saved: tune.Checkpoint | None = None) -> None:
+    """Every epoch but the last goes to Tune as it ends, with the trial's checkpoint when one was taken (Tune
+    stores it in the run's storage, keeps the latest, and hands it to the trial's restart). The last epoch arrives
+    only with the final result, so a scheduler that stops the trial there finds it complete, not to be pruned."""
     if record["epoch"] < planned_epochs:
-        tune.report({**record, "finished": 0})
+        tune.report({**record, "finished": 0}, checkpoint=saved)
+
+
+def _resume_state(earlier: str | None) -> checkpoint.TrialState | None:
+    """What this trial continues from: the checkpoint Tune restored after its worker died, else the last one an
+    earlier sweep left for it (`earlier`, a path or URI), else None. One that cannot be read is skipped, said in the
+    worker's log: the trial then starts over, which costs time but never mixes two runs."""
+    saved = tune.get_checkpoint() or (tune.Checkpoint(earlier) if earlier else None)
+    if saved is None:
+        return None
+    try:
+        with saved.as_directory() as directory:
+            return checkpoint.load(directory)
+    except (ValueError, OSError) as error:
+        logging.getLogger(__name__).warning("checkpoint %s not resumed (%s): the trial starts over", saved.path, error)
+        return None
+
+
+def _checkpoint_dirs(store: RunStore) -> dict[str, list[str]]:
+    """trial id -> its checkpoint folders under RUN/tune/EXPERIMENT/ID/ (Tune's layout), oldest first."""
+    found: dict[str, list[str]] = {}
+    infos = store.fs.get_file_info(pafs.FileSelector(f"{store.path}/tune", allow_not_found=True, recursive=True))
+    for info in infos:
+        parts = info.path.rsplit("/", 3)
+        if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_") and len(parts) == 4:
+            found.setdefault(parts[2], []).append(info.path)
+    return {trial_id: sorted(paths) for trial_id, paths in found.items()}  # experiment names sort by their start time
+
+
+def _earlier_checkpoints(store: RunStore, trial_ids: set[str]) -> dict[str, str]:
+    """trial id -> the URI of the newest checkpoint an earlier sweep left for it, for the trials about to run."""
+    prefix = store.uri[: len(store.uri) - len(store.path)] if store.uri.endswith(store.path) else ""
+    return {trial_id: prefix + paths[-1] for trial_id, paths in _checkpoint_dirs(store).items() if trial_id in trial_ids}
+
+
+def _drop_checkpoints(store: RunStore, trial_ids: set[str]) -> None:
+    """Delete the checkpoints of finished trials: a finished trial's model is its row's model_file, if kept."""
+    for trial_id, paths in _checkpoint_dirs(store).items():
+        if trial_id in trial_ids:
+            for path in paths:
+                store.fs.delete_dir(path)
 
 
 # Out of memory as each backend says it: TensorFlow's and Python's exception classes, Ray's (a worker killed by its
@@ -374,7 +477,7 @@ class _WriteResults(tune.Callback):
         trial_id = trial.config["trial_id"]
         if not result.get("finished"):
             record = {k: result[k] for k in ("phase", "epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds")}
-            history = [] if record["epoch"] == 1 else self.epochs.get(trial_id, [])  # epoch 1: a new attempt
+            history = [e for e in self.epochs.get(trial_id, []) if e["epoch"] < record["epoch"]]  # a restart repeats none
             self.epochs[trial_id] = [*history, record]
             return
         self.written.add(trial_id)
@@ -382,6 +485,8 @@ class _WriteResults(tune.Callback):
         for key in ("start_time", "end_time"):
             row[key] = datetime.fromisoformat(row[key])
         self.store.write_trial(row, json.loads(result["beanlib_epochs"]))
+        if row["status"] in FINISHED:
+            _drop_checkpoints(self.store, {trial_id})
         self._line(row)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -396,6 +501,7 @@ class _WriteResults(tune.Callback):
         result = TrialResult("pruned", history, stop_reason="pruned", epochs_planned=spec.config.planned_epochs).summarize_history()
         row = trial_row(spec, result, status="pruned", data=self.data, provenance=self.prov, end_time=datetime.now(timezone.utc))
         self.store.write_trial(row, history)
+        _drop_checkpoints(self.store, {trial_id})
         self.written.add(trial_id)
         self._line(row)
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -15,13 +17,18 @@ from typing import Any, Callable, Mapping
 import keras
 import numpy as np
 
-from beanlib import backend
+from beanlib import backend, checkpoint
+from beanlib.checkpoint import TrialState
 from beanlib.config import TrialConfig
 from beanlib.data import SPLITS, BeansData
 from beanlib.features import compute_features, features_key, predict_in_place
-from beanlib.models import build, count_params, set_unfrozen, split_at_block
+from beanlib.models import build, count_params, for_inference, set_unfrozen, split_at_block
+from beanlib.weights import file_sha256
 
 EpochHook = Callable[[dict], "bool | None"]  # gets each epoch's record; returning True stops the trial
+# Gets an epoch's record and a directory holding the trial's state after that epoch (beanlib.checkpoint), which is
+# deleted when the hook returns; returning True stops the trial. It replaces EpochHook for the epochs it gets.
+CheckpointHook = Callable[[dict, str], "bool | None"]
 
 
 @dataclass
@@ -56,6 +63,9 @@ class TrialResult:
     feature_source: str | None = None
     shared_feature_seconds: float | None = None
     peak_rss_bytes: int | None = None  # the trial process's peak resident memory, at its end
+    resumed_from_epoch: int | None = None  # the checkpoint's epoch this trial resumed from (None: ran from the start)
+    model_bytes: int | None = None  # the .keras file `save_model` wrote (None: none written)
+    model_sha256: str | None = None
     data_fingerprint: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -79,6 +89,10 @@ def run_trial(
     data: BeansData,
     *,
     on_epoch: EpochHook | None = None,
+    on_checkpoint: CheckpointHook | None = None,
+    checkpoint_seconds: float = 0.0,
+    resume: TrialState | None = None,
+    save_model: str | None = None,
     features=None,
     cpus: int | None = None,
     use_gpu: bool = True,
@@ -88,6 +102,12 @@ def run_trial(
 
     `features` (beanlib.features.Features) lets a caller hand in base features
     computed elsewhere (the sweep shares them through Ray's object store).
+    `on_checkpoint` gets the trial's state after an epoch once `checkpoint_seconds` have passed since the last
+    one (0: every epoch), except after the last planned epoch and in trials with early stopping (whose patience
+    and best weights a checkpoint does not hold). `resume` (beanlib.checkpoint.load) continues a trial from such a
+    state: the same epochs, data order and dropout masks as if it had never stopped.
+    `save_model` names a `.keras` file to write the trained model to (beanlib.models.for_inference), when the
+    trial ends "ok"; its size and sha256 go into the result.
     `cpus`, `use_gpu` and `gpu_share` set up the backend (beanlib.backend.configure) when it is not yet.
     Exceptions other than divergence propagate: the caller records them.
     """
@@ -98,9 +118,15 @@ def run_trial(
     backend.configure(cpus, gpu_share, use_gpu)
     keras.utils.set_random_seed(config.seed)
     built = build(config, data.num_classes)
-    trial = _Trial(config, data, built, _EpochRecorder(on_epoch))
+    saves = on_checkpoint is not None and not config.early_stop
+    recorder = _EpochRecorder(on_epoch, on_checkpoint if saves else None, checkpoint_seconds, config.planned_epochs)
+    trial = _Trial(config, data, built, recorder, resume)
     PHASE_RUNNERS[config.model](trial, features)
-    return trial.finish()
+    result = trial.finish()
+    if save_model and result.status == "ok":
+        for_inference(built).save(save_model)
+        result.model_bytes, result.model_sha256 = os.path.getsize(save_model), file_sha256(save_model)
+    return result
 
 
 def prepare_features(config: TrialConfig | Mapping[str, Any], data: BeansData, *, cpus: int | None = None):
@@ -131,17 +157,29 @@ OPTIMIZERS = {  # keys: beanlib.config.OPTIMIZERS
 class _Trial:
     """The state one trial accumulates across its phases."""
 
-    def __init__(self, config: TrialConfig, data: BeansData, built, recorder: "_EpochRecorder"):
-        self.config, self.data, self.built, self.recorder = config, data, built, recorder
+    # Running totals a checkpoint carries over to the resumed trial.
+    COUNTERS = ("feature_seconds", "feature_source", "shared_feature_seconds")
+
+    def __init__(self, config: TrialConfig, data: BeansData, built, recorder: "_EpochRecorder", resume: TrialState | None = None):
+        self.config, self.data, self.built, self.recorder, self.resume = config, data, built, recorder, resume
         self.images = {s: data.split(s).images for s in SPLITS}
         self.evaluator, self.eval_inputs = built.model, self.images  # the model (or head) whose predictions are final
-        self.images_trained = 0
         self.feature_seconds = 0.0
         self.feature_source: str | None = None
         self.shared_feature_seconds: float | None = None
         self.trainable_params = 0
         self.stopped_early = False
         self.restored: dict | None = None  # the epoch record whose weights early stopping restored, last phase
+        recorder.save = self.save
+        if resume is not None:
+            checkpoint.assign(built.model.variables, resume.variables, "model variables")
+            recorder.history = list(resume.history)
+            for name in self.COUNTERS:
+                setattr(self, name, resume.counters.get(name, getattr(self, name)))
+
+    def resumes_in(self, phase: str) -> bool:
+        """Whether this trial resumes from a checkpoint taken in `phase` (the phases before it are done)."""
+        return self.resume is not None and self.resume.phase == phase
 
     def fit(self, model, phase: str, inputs: dict, epochs: int, learning_rate: float, initial_epoch: int = 0) -> None:
         """Compile `model` (always: `trainable` may have changed) and fit it for one phase."""
@@ -150,21 +188,38 @@ class _Trial:
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             metrics=["accuracy"],
         )
+        if self.resumes_in(phase):  # the optimizer's step count and moments as they were after the checkpoint's epoch
+            initial_epoch = self.resume.epoch
+            model.optimizer.build(model.trainable_variables)
+            checkpoint.assign(model.optimizer.variables, self.resume.optimizer, "optimizer variables")
         self.trainable_params = count_params(model.trainable_weights)
         self.recorder.phase = phase
-        train = backend.batches(inputs["train"], self.data.train.labels, self.config.batch_size, shuffle_seed=self.config.seed)
-        val = backend.batches(inputs["validation"], self.data.validation.labels, self.config.batch_size)
+        size = self.config.batch_size
+        # The data order counts the phase's own epochs: a phase's first epoch is epoch 0 of its order.
+        train = backend.batches(inputs["train"], self.data.train.labels, size, shuffle_seed=self.config.seed,
+                                start_epoch=initial_epoch - self._epochs_before(phase), endless=True)
+        val = backend.batches(inputs["validation"], self.data.validation.labels, size)
         # Early stopping (opt-in) ends the phase after `early_stop` epochs without a better validation loss and
         # leaves the phase's best weights in the model, stopped early or not.
         stopper = [keras.callbacks.EarlyStopping("val_loss", patience=self.config.early_stop, restore_best_weights=True)
                    ] if self.config.early_stop else []
         model.fit(train, validation_data=val, epochs=epochs, initial_epoch=initial_epoch, callbacks=[self.recorder, *stopper],
-                  shuffle=False, verbose=0)  # shuffled (seeded) in the pipeline
+                  steps_per_epoch=backend.steps(len(self.data.train), size), shuffle=False, verbose=0)  # shuffled in `batches`
         if stopper and self.recorder.status == "ok":
             self.stopped_early |= stopper[0].stopped_epoch > 0
             self.restored = next(r for r in self.recorder.history if r["phase"] == phase and r["epoch"] == stopper[0].best_epoch + 1)
-        self.images_trained += len(self.data.train) * sum(1 for r in self.recorder.history if r["phase"] == phase)
         self.evaluator, self.eval_inputs = model, inputs
+
+    def _epochs_before(self, phase: str) -> int:
+        """Epochs of earlier phases (a phase's data order counts its own epochs from 0)."""
+        return sum(1 for r in self.recorder.history if r["phase"] != phase)
+
+    def save(self, directory: str) -> None:
+        """Write the trial's state after its latest epoch into `directory` (beanlib.checkpoint)."""
+        history = self.recorder.history
+        state = TrialState(self.recorder.phase, len(history), history, {name: getattr(self, name) for name in self.COUNTERS},
+                           checkpoint.values_of(self.built.model.variables), checkpoint.values_of(self.recorder.model.optimizer.variables))
+        checkpoint.save(directory, state)
 
     @property
     def go_on(self) -> bool:
@@ -182,7 +237,8 @@ class _Trial:
             total_params=self.built.model.count_params(),
             train_seconds=train_seconds,
             feature_seconds=self.feature_seconds,
-            images_per_second=self.images_trained / train_seconds if train_seconds else 0.0,
+            images_per_second=len(self.data.train) * len(history) / train_seconds if train_seconds else 0.0,  # every epoch: all of train
+            resumed_from_epoch=self.resume.epoch if self.resume else None,
             feature_source=self.feature_source,
             shared_feature_seconds=self.shared_feature_seconds,
             data_fingerprint=self.data.fingerprint,
@@ -217,7 +273,9 @@ def _run_lenet(trial: _Trial, features) -> None:
 def _run_inception(trial: _Trial, features) -> None:
     """Phase 1 (frozen base, head only), then phase 2 (fine-tune from `unfreeze_from`) when set."""
     c, built = trial.config, trial.built
-    if c.feature_cache:
+    if trial.resumes_in("fine_tune"):
+        pass  # the head phase is done: its weights are in the checkpoint's
+    elif c.feature_cache:
         if features is None:
             features = compute_features(built.features, c, trial.data)
             trial.feature_seconds = features.seconds
@@ -239,7 +297,7 @@ def _run_inception(trial: _Trial, features) -> None:
             below, model = split_at_block(built, c.unfreeze_from, c.batchnorm)
             inputs = {s: predict_in_place(below, trial.images[s]) for s in SPLITS}
             trial.feature_seconds += time.perf_counter() - start
-        done = len(trial.recorder.history)  # fewer than c.epochs when early stopping ended the head phase
+        done = sum(1 for r in trial.recorder.history if r["phase"] == "head")  # fewer than c.epochs after early stopping
         trial.fit(model, "fine_tune", inputs, done + c.fine_tune_epochs, c.fine_tune_learning_rate, initial_epoch=done)
 
 
@@ -247,21 +305,23 @@ PHASE_RUNNERS = {"lenet": _run_lenet, "inception": _run_inception}
 
 
 class _EpochRecorder(keras.callbacks.Callback):
-    """Records each epoch (phase, metrics, seconds), stops on a non-finite loss, and calls the caller's hook."""
+    """Records each epoch (phase, metrics, seconds), stops on a non-finite loss, saves checkpoints when due, and
+    calls the caller's hooks."""
 
-    def __init__(self, hook: EpochHook | None):
+    def __init__(self, hook: EpochHook | None, checkpoint_hook: CheckpointHook | None = None, checkpoint_seconds: float = 0.0,
+                 planned_epochs: int = 0):
         super().__init__()
         self.hook, self.phase, self.history, self.status = hook, "train", [], "ok"
-        self._started = 0.0
+        self.checkpoint_hook, self.checkpoint_seconds, self.planned_epochs = checkpoint_hook, checkpoint_seconds, planned_epochs
+        self.save: Callable[[str], None] | None = None  # set by the trial: writes its state into a directory
+        self._started = self._saved = time.perf_counter()
 
     def on_epoch_begin(self, epoch, logs=None):
         self._started = time.perf_counter()
 
-    def on_train_batch_end(self, batch, logs=None):
-        if logs and not math.isfinite(float(logs.get("loss", 0.0))):
-            self.status, self.model.stop_training = "diverged", True
-
     def on_epoch_end(self, epoch, logs=None):
+        # Divergence is seen here, once per epoch: a per-batch check of the loss would copy it from the device on
+        # every step, which costs most where steps are small and fast (GPUs). An epoch that diverged is recorded.
         logs = logs or {}
         record = {
             "phase": self.phase,
@@ -272,6 +332,18 @@ class _EpochRecorder(keras.callbacks.Callback):
         self.history.append(record)
         if not math.isfinite(record["loss"]):
             self.status = "diverged"
-        if self.status == "ok" and self.hook is not None and self.hook(record):
+        if self.status == "ok" and self._stop_requested(record):
             self.status = "stopped"
         self.model.stop_training = self.model.stop_training or self.status != "ok"
+
+    def _stop_requested(self, record: dict) -> bool:
+        """Hand the epoch to the checkpoint hook (with the state saved) when one is due, else to the epoch hook."""
+        due = (self.checkpoint_hook is not None and record["epoch"] < self.planned_epochs
+               and time.perf_counter() - self._saved >= self.checkpoint_seconds)
+        if due:
+            with tempfile.TemporaryDirectory(prefix="beanlib-checkpoint-") as directory:
+                self.save(directory)
+                stop = self.checkpoint_hook(record, directory)
+            self._saved = time.perf_counter()
+            return bool(stop)
+        return bool(self.hook is not None and self.hook(record))

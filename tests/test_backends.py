@@ -115,21 +115,24 @@ def test_the_jax_backend_reaches_every_ray_worker_and_the_run_records_it(tmp_pat
     assert again.returncode == 2 and "different backend" in again.stderr, again.stderr
 
 
-def test_tf_batches_hold_the_arrays_once_and_keep_the_element_shuffles_order():
-    """The claim in beanlib.backend._tf_batches: shuffling indices with a seed and buffer size gives the order that
-    shuffling the elements themselves gave (what older trials used), epoch after epoch; images stay with labels."""
-    import tensorflow as tf
-
-    from beanlib.backend import _tf_batches
+def test_both_pipelines_give_each_epoch_the_order_of_its_seed_and_number_and_start_at_any_epoch():
+    """The claim in beanlib.backend.batches: an epoch's order depends only on (seed, epoch), on TensorFlow's pipeline
+    and the PyDataset alike, so a pipeline started at epoch k (a resumed trial) reads what a running one reads there."""
+    from beanlib.backend import _pydataset_batches, _tf_batches, epoch_order
 
     x, y = np.arange(103)[:, None, None].repeat(2, 1).astype(np.float32), np.arange(103)
-    elements = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(103, seed=3, reshuffle_each_iteration=True).batch(8)
-    ours = _tf_batches(x, y, 8, shuffle_seed=3)
-    for _ in range(3):  # each iteration is an epoch, reshuffled
-        theirs, mine = [b[1].numpy().tolist() for b in elements], [b[1].numpy().tolist() for b in ours]
-        assert mine == theirs
-    images, labels = next(iter(ours))
-    assert images.shape == (8, 2, 1) and (images.numpy()[:, 0, 0] == labels.numpy()).all()
+    stream = iter(_tf_batches(x, y, 8, shuffle_seed=3, endless=True))
+    tf_epochs = [np.concatenate([next(stream)[1].numpy() for _ in range(13)]) for _ in range(4)]  # 13 batches an epoch
+    late = iter(_tf_batches(x, y, 8, shuffle_seed=3, start_epoch=2, endless=True))
+    assert (np.concatenate([next(late)[1].numpy() for _ in range(26)]) == np.concatenate(tf_epochs[2:])).all()
+    py = _pydataset_batches(x, y, 8, shuffle_seed=3)
+    for epoch, order in enumerate(tf_epochs):
+        assert (order == epoch_order(103, 3, epoch)).all() and sorted(order) == list(range(103))
+        assert (np.concatenate([py[i][1] for i in range(len(py))]) == order).all()
+        py.on_epoch_end()
+    assert len({tuple(order) for order in tf_epochs}) == 4  # reshuffled every epoch
+    images, labels = next(iter(_tf_batches(x, y, 8, shuffle_seed=3)))
+    assert images.shape == (8, 2, 1) and (images.numpy()[:, 0, 0] == labels.numpy()).all()  # images stay with labels
     assert [b[1].numpy().tolist() for b in _tf_batches(x, y, 50, None)] == [list(range(50)), list(range(50, 100)), [100, 101, 102]]
 
 
