@@ -341,7 +341,7 @@ def _images(folder: Path) -> list[Path]:
 def _read_folder(files: dict[str, list[list[Path]]], image_size: int, per_class: int | None) -> dict[str, Split]:
     chosen = {split: [(path, label) for label, paths in enumerate(files[split]) for path in paths[:per_class]] for split in SPLITS}
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:  # TF's decode releases the GIL
-        decoded = {split: list(pool.map(lambda item: _decode(item[0], image_size), chosen[split])) for split in SPLITS}
+        decoded = {split: list(pool.map(lambda item: decode_image(item[0], image_size), chosen[split])) for split in SPLITS}
     failed = [path for split in SPLITS for (path, _), image in zip(chosen[split], decoded[split]) if image is None]
     if failed:
         shown = ", ".join(str(p) for p in failed[:5]) + (f" and {len(failed) - 5} more" if len(failed) > 5 else "")
@@ -350,7 +350,7 @@ def _read_folder(files: dict[str, list[list[Path]]], image_size: int, per_class:
     return {split: _stack(zip(decoded[split], (label for _, label in chosen[split])), image_size) for split in SPLITS}
 
 
-def _decode(path: Path, image_size: int) -> np.ndarray | None:
+def decode_image(path: Path, image_size: int) -> np.ndarray | None:
     """One image file as SxSx3 uint8 RGB (grayscale, RGBA and palette images converted), or None when it is not one."""
     tf = decoder_tensorflow()
 

@@ -44,7 +44,7 @@ class Report:
 
 def build_report(run_dir: str, out_dir: str | None = None) -> Report:
     """Read RESULTS/RUN and write the report into `out_dir` (default RUN/report), atomically."""
-    trials, epochs, manifest, store = _load(run_dir)
+    trials, epochs, manifest, store = load_run(run_dir)
     out = Path(out_dir) if out_dir else _default_out(store)
     staging = Path(tempfile.mkdtemp(prefix=".report-", dir=out.parent if out.parent.exists() else None))
     try:
@@ -62,7 +62,8 @@ def build_report(run_dir: str, out_dir: str | None = None) -> Report:
 # --- reading -----------------------------------------------------------------------------------
 
 
-def _load(run_dir: str):
+def load_run(run_dir: str):
+    """A run's (trials, epochs, run.json, RunStore), brought to the current schema; one clear error when it is none."""
     parent, _, name = run_dir.rstrip("/").rpartition("/")
     store = RunStore(parent or ".", name)
     info = store.fs.get_file_info(store.path)

@@ -174,6 +174,8 @@ def _connect(opts: SweepOptions) -> None:
     if not opts.verbose:
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # Tune's older reporter: at verbose=0 it prints nothing at all
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)  # a notice per start
+        # Tune warns when frequent checkpoints make it save its experiment state often: at our sizes that is cheap.
+        os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if not ray.is_initialized():
         # No address: RAY_ADDRESS (set by `ray job submit`) or else a new local Ray in this process. Workers get
         # the driver's choice of C++ log level (beanlib.console); their output reaches the console with --verbose.
@@ -208,17 +210,17 @@ def _tune(opts: SweepOptions, store: RunStore, todo: list[TrialSpec], data: dict
                "checkpoint_seconds": opts.checkpoint_seconds, "keep_models": opts.keep_models != "none"}
     # with_parameters puts data and features into Ray's object store once; every trial reads them from there.
     trainable = tune.with_parameters(
-        tune.with_resources(_trainable, lambda config: resources[specs[config["trial_id"]]["config"]["model"]]),
+        tune.with_resources(_trainable, lambda config: resources[specs[config["trial"]["trial_id"]]["config"]["model"]]),
         data=data, features=features, context=context,
     )
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
     tuner = tune.Tuner(
         trainable,
         # specs travel in `context`; the config holds the trial id and, for TensorBoard's HParams view, its settings
-        param_space={"trial_id": tune.grid_search(list(specs)), **_hparams(specs)},
+        param_space={"trial": tune.grid_search([_hparams(spec) for spec in specs.values()])},
         tune_config=tune.TuneConfig(max_concurrent_trials=opts.max_concurrent, scheduler=SCHEDULERS[opts.scheduler](todo),
-                                    trial_name_creator=lambda trial: _trial_name(specs[trial.config["trial_id"]]),
-                                    trial_dirname_creator=lambda trial: trial.config["trial_id"]),
+                                    trial_name_creator=lambda trial: _trial_name(specs[trial.config["trial"]["trial_id"]]),
+                                    trial_dirname_creator=lambda trial: trial.config["trial"]["trial_id"]),
         run_config=tune.RunConfig(
             name=f"tune-{stamp}",
             storage_path=f"{store.uri}/tune",  # Tune's own experiment state lives beside the Parquet
@@ -276,21 +278,17 @@ KEEP_MODELS = ("best", "all", "none")
 
 
 # What TensorBoard's HParams view shows of each trial: its place in the study and the settings the studies vary.
-HPARAMS = ("model", "factor", "setting", "repeat", "image_size", "epochs", "learning_rate", "seed", "kernel_size",
+HPARAMS = ("model", "image_size", "epochs", "learning_rate", "seed", "kernel_size",
            "kernel_counts", "regularizer", "unfreeze_from", "fine_tune_epochs", "batchnorm")
 
 
-def _hparams(specs: dict[str, dict]) -> dict[str, Any]:
-    """Tune config entries that resolve each HPARAMS value from the trial's id (Tune resolves sample_from after the
-    grid): strings and numbers only, as TensorBoard takes them ("none" for an unset value)."""
-    def value(trial_id: str, name: str):
-        spec = specs[trial_id]
-        v = spec[name] if name in spec else spec["config"].get(name)
-        if isinstance(v, (list, tuple)):
-            return "-".join(map(str, v))
-        return "none" if v is None else v
-
-    return {name: tune.sample_from(lambda s, name=name: value(s.config["trial_id"], name)) for name in HPARAMS}
+def _hparams(spec: dict) -> dict[str, Any]:
+    """A trial's entry in Tune's grid: its id and HPARAMS values (TensorBoard's HParams view shows them as
+    trial/NAME), strings and numbers only, as TensorBoard takes them ("none" for an unset value)."""
+    placed = TrialSpec.from_dict(spec)
+    values = {"trial_id": placed.trial_id, "factor": placed.factor, "setting": placed.setting, "repeat": placed.repeat,
+              **{name: spec["config"].get(name) for name in HPARAMS}}
+    return {k: "-".join(map(str, v)) if isinstance(v, (list, tuple)) else "none" if v is None else v for k, v in values.items()}
 
 
 def _trial_name(spec: dict) -> str:
@@ -348,7 +346,7 @@ def _trainable(config: dict, data: dict, features: dict, context: dict) -> None:
     from beanlib.features import features_key
     from beanlib.train import run_trial
 
-    spec = TrialSpec.from_dict(context["specs"][config["trial_id"]])
+    spec = TrialSpec.from_dict(context["specs"][config["trial"]["trial_id"]])
     required = tune.get_context().get_trial_resources().required_resources
     cpus, gpu_share = max(1, int(required.get("CPU", 1))), required.get("GPU", 0) or 1.0
     gpu_ids = ray.get_gpu_ids()
@@ -474,7 +472,7 @@ class _WriteResults(tune.Callback):
             self.progress.trial_started()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        trial_id = trial.config["trial_id"]
+        trial_id = trial.config["trial"]["trial_id"]
         if not result.get("finished"):
             record = {k: result[k] for k in ("phase", "epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds")}
             history = [e for e in self.epochs.get(trial_id, []) if e["epoch"] < record["epoch"]]  # a restart repeats none
@@ -491,7 +489,7 @@ class _WriteResults(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         """A trial that ended without its row was stopped by the scheduler: record it as pruned, with its epochs."""
-        trial_id = trial.config["trial_id"]
+        trial_id = trial.config["trial"]["trial_id"]
         if trial_id in self.written:
             return
         from beanlib.train import TrialResult
@@ -507,7 +505,7 @@ class _WriteResults(tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         """A trial whose worker died (Ray's OOM killer, a lost node) after all retries: record it as a row."""
-        spec = TrialSpec.from_dict(self.specs[trial.config["trial_id"]])
+        spec = TrialSpec.from_dict(self.specs[trial.config["trial"]["trial_id"]])
         try:
             error = str(trial.get_error() or "")
         except Exception:  # the error file may be unreadable; the row matters more than its text

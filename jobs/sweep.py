@@ -4,7 +4,8 @@
         [--epochs N] [--fine-tune-epochs N] [--repeats N] [--weights imagenet|none|PATH]
         [--results DIR] [--name RUN] [--address ADDR] [--cpus-per-trial N]
         [--gpus-per-trial F] [--max-concurrent N] [--retries N] [--per-class N] [--early-stop PATIENCE]
-        [--scheduler fifo|asha] [--backend tensorflow|jax|torch] [--dry-run] [--verbose]
+        [--scheduler fifo|asha] [--backend tensorflow|jax|torch] [--checkpoint-seconds S]
+        [--keep-models best|all|none] [--dry-run] [--verbose]
 """
 
 from __future__ import annotations
@@ -42,6 +43,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--backend", help="Keras backend of every trial: tensorflow | jax | torch "
                                       "(default: $KERAS_BACKEND, else tensorflow; the driver decodes JPEGs with TensorFlow either way)")
     p.add_argument("--retries", type=int, default=1, help="retries of a failed trial before it is recorded as failed (default 1)")
+    p.add_argument("--checkpoint-seconds", type=float, default=60.0, metavar="S",
+                   help="a running trial saves a checkpoint after an epoch at most every S seconds (default 60; 0: every "
+                        "epoch); a restarted trial, or the next sweep, resumes from its last one")
+    p.add_argument("--keep-models", choices=["best", "all", "none"], default="best",
+                   help="trained models kept under RESULTS/RUN/models as .keras files: best (default: each factor's and "
+                        "family's choice on validation, once the run is complete) | all | none")
     p.add_argument("--dry-run", action="store_true", help="print the trial table and exit without training")
     p.add_argument("--verbose", action="store_true", help="also show Ray Tune's status tables and the workers' output")
     return p.parse_args(argv)
@@ -61,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
             raise BeanlibError(f"--{flag.replace('_', '-')} must be positive, got {value}")
     if args.early_stop is not None and args.early_stop < 0:
         raise BeanlibError(f"--early-stop must be a number of epochs >= 0, got {args.early_stop}")
-    if args.retries < 0 or (args.gpus_per_trial is not None and args.gpus_per_trial < 0):
-        raise BeanlibError("--retries and --gpus-per-trial must not be negative")
+    if args.retries < 0 or args.checkpoint_seconds < 0 or (args.gpus_per_trial is not None and args.gpus_per_trial < 0):
+        raise BeanlibError("--retries, --checkpoint-seconds and --gpus-per-trial must not be negative")
     console = SweepConsole()
     try:
         summary = run_sweep(SweepOptions(**vars(args)), out=console.line, progress=console)

@@ -1,5 +1,6 @@
 """The sweep on an embedded local Ray: every trial once in Parquet, an injected fault recorded, re-runs resume."""
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -238,3 +239,134 @@ def test_data_larger_than_the_object_store_is_refused_before_any_trial(local_ray
     with pytest.raises(BeanlibError, match=r"do not fit in Ray's object store \(0\.0 GiB\): start Ray with a larger --object-store-memory"):
         run_sweep(SweepOptions(study=tiny_study, data="synthetic", results=str(tmp_path)), out=lambda line: None)
     assert not any(tmp_path.iterdir())
+
+
+RESUME = Study(
+    "resume",
+    "two LeNets with dropout, four epochs: one is killed at epoch 2 and resumes",
+    {"model": "lenet", "image_size": 32, "epochs": 4, "batch_size": 4, "regularizer": "dropout", "reg_strength": 0.3},
+    (Factor("kernel_size", (("kernel_size=3", {"kernel_size": 3}), ("kernel_size=5", {"kernel_size": 5}))),),
+    per_class=6,
+)
+
+
+@pytest.fixture(scope="module")
+def resumed_and_clean(local_ray, tmp_path_factory):
+    """The RESUME study twice: once with kernel_size=3's worker killed after epoch 2 (models: best), once not (all)."""
+    root = tmp_path_factory.mktemp("resume")
+    studies.STUDIES["resume"] = RESUME
+    try:
+        run_sweep(SweepOptions(study="resume", data="synthetic", results=str(root / "killed"), checkpoint_seconds=0,
+                               inject_fault=("kernel_size=3:crash@2",)), out=lambda line: None)
+        run_sweep(SweepOptions(study="resume", data="synthetic", results=str(root / "clean"), checkpoint_seconds=0,
+                               keep_models="all"), out=lambda line: None)
+    finally:
+        del studies.STUDIES["resume"]
+    return root / "killed" / "resume", root / "clean" / "resume"
+
+
+def test_a_worker_killed_mid_trial_resumes_from_its_checkpoint_as_if_never_stopped(resumed_and_clean):
+    killed, clean = resumed_and_clean
+    rows = {run: pd.read_parquet(run / "trials").set_index("setting") for run in (killed, clean)}
+    epochs = {run: pd.read_parquet(run / "epochs").sort_values(["trial_id", "epoch"]) for run in (killed, clean)}
+    resumed = rows[killed].loc["kernel_size=3"]
+    assert resumed["status"] == "ok" and resumed["resumed_from_epoch"] == 2
+    assert rows[clean]["resumed_from_epoch"].isna().all() and pd.isna(rows[killed].loc["kernel_size=5", "resumed_from_epoch"])
+    mine = epochs[killed][epochs[killed]["trial_id"] == resumed["trial_id"]]
+    assert list(mine["epoch"]) == [1, 2, 3, 4]  # each epoch once: the killed attempt's epochs 1-2, the restart's 3-4
+    # Weights, optimizer, dropout's seed state and the data order all came back: the same numbers as never stopping.
+    metrics = ["loss", "accuracy", "val_loss", "val_accuracy"]
+    uninterrupted = epochs[clean][epochs[clean]["trial_id"] == resumed["trial_id"]]
+    assert (mine[metrics].to_numpy() == uninterrupted[metrics].to_numpy()).all()
+    assert resumed["test_accuracy"] == rows[clean].loc["kernel_size=3", "test_accuracy"]
+    # A finished trial's checkpoints are gone: disk holds checkpoints of running trials only.
+    assert not list((killed / "tune").rglob("checkpoint_*")) and not list((clean / "tune").rglob("checkpoint_*"))
+
+
+def test_models_are_kept_as_the_option_says_and_named_in_their_rows(resumed_and_clean):
+    import hashlib
+
+    from beanlib.stats import winners
+
+    killed, clean = resumed_and_clean
+    for run, expected in ((killed, "best"), (clean, "all")):
+        trials = pd.read_parquet(run / "trials")
+        kept = set(trials.loc[trials["model_file"].notna(), "trial_id"])
+        files = {p.name for p in (run / "models").iterdir()}
+        assert files == {f"{t}.keras" for t in kept}
+        assert kept == (set(trials["trial_id"]) if expected == "all" else set(winners(trials).values())) and len(kept) >= 1
+        for _, row in trials[trials["model_file"].notna()].iterrows():
+            payload = (run / row["model_file"]).read_bytes()
+            assert len(payload) == row["model_bytes"] and hashlib.sha256(payload).hexdigest() == row["model_sha256"]
+
+
+def test_tensorboard_shows_each_trials_curves_and_its_hyperparameters(resumed_and_clean):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    _, clean = resumed_and_clean
+    trials = pd.read_parquet(clean / "trials").set_index("trial_id")
+    for trial_id, row in trials.iterrows():
+        (folder,) = {p.parent for p in (clean / "tune").rglob(f"{trial_id}/events.out.tfevents.*")}
+        events = EventAccumulator(str(folder), size_guidance={"scalars": 0}).Reload()
+        val = [e.value for e in events.Scalars("ray/tune/val_accuracy")]
+        assert len(val) == 4 and val[-1] == pytest.approx(row["val_accuracy"])  # three epochs, then the final result
+        content = events.PluginTagToContent("hparams")
+        start = next(plugin_data_pb2.HParamsPluginData.FromString(c).session_start_info for c in content.values()
+                     if plugin_data_pb2.HParamsPluginData.FromString(c).HasField("session_start_info"))
+        assert start.hparams["trial/kernel_size"].number_value == row["kernel_size"]
+        assert start.hparams["trial/setting"].string_value == row["setting"]
+        assert start.hparams["trial/regularizer"].string_value == "dropout" and start.hparams["trial/factor"].string_value == "kernel_size"
+
+
+LOAD_AND_SCORE = """
+import sys, numpy as np, keras
+model = keras.saving.load_model(sys.argv[1])  # plain Keras: nothing of beanlib is imported to load it
+assert not any(name.startswith("beanlib") for name in sys.modules)
+from beanlib.data import load_beans
+test = load_beans("synthetic", 32, per_class=6).test
+print(repr(float(np.mean(np.argmax(model.predict(test.images, verbose=0), 1) == test.labels))))
+"""
+
+
+@pytest.mark.parametrize("keras_backend", ["tensorflow", "jax"])
+def test_a_kept_model_loads_in_a_fresh_process_and_scores_its_rows_test_accuracy(resumed_and_clean, keras_backend):
+    import os
+    import subprocess
+    import sys
+
+    _, clean = resumed_and_clean
+    for _, row in pd.read_parquet(clean / "trials").iterrows():
+        done = subprocess.run([sys.executable, "-c", LOAD_AND_SCORE, str(clean / row["model_file"])], capture_output=True,
+                              text=True, env={**os.environ, "KERAS_BACKEND": keras_backend}, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert float(done.stdout.split()[-1]) == row["test_accuracy"]
+
+
+def test_predict_classifies_images_with_the_best_model_and_skips_a_corrupt_one(resumed_and_clean, beans_dir, tmp_path):
+    import subprocess
+    import sys
+
+    from beanlib.stats import winners
+
+    _, clean = resumed_and_clean
+    images = [sorted((beans_dir / "test" / name).iterdir())[0] for name in ("angular_leaf_spot", "bean_rust", "healthy")]
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg at all")
+    out = tmp_path / "predictions.parquet"
+    job = [sys.executable, "-m", "jobs.predict", "--run", str(clean)]
+    done = subprocess.run([*job, "--out", str(out), *map(str, images), str(tmp_path / "broken.jpg")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr[-2000:]  # one image could not be read: said, and the others classified
+    assert f"error: {tmp_path / 'broken.jpg'} could not be read as an image" in done.stderr
+    lines = [line.split("\t") for line in done.stdout.splitlines()]
+    assert [line[0] for line in lines] == list(map(str, images))
+    assert all(line[1] in ("angular_leaf_spot", "bean_rust", "healthy") and line[2].startswith("angular_leaf_spot=") for line in lines)
+    written = pd.read_parquet(out)
+    trials = pd.read_parquet(clean / "trials")
+    assert list(written["file"]) == list(map(str, images)) and set(written["trial_id"]) == {winners(trials)["best"]}
+    assert np.allclose(written["probabilities"].map(sum), 1) and (written["confidence"] == written["probabilities"].map(max)).all()
+
+    for args, says in (([str(images[0]), "--model", "lenet-nope"], "has no trial 'lenet-nope'"),
+                       ([str(images[0]), "--run", str(tmp_path / "nowhere")], "does not exist")):
+        bad = subprocess.run([*job, *args], capture_output=True, text=True, timeout=300)
+        assert bad.returncode == 2 and bad.stderr.strip().startswith("error:") and says in bad.stderr, bad.stderr[-2000:]
+        assert len(bad.stderr.strip().splitlines()) == 1
