@@ -66,6 +66,27 @@ def confusion(runs: pd.DataFrame, out: Path) -> Path:
     return _save(fig, out / f"confusion_{first['model']}.png")
 
 
+def mistakes(row: pd.Series, images: np.ndarray, labels: np.ndarray, out: Path, limit: int = 24) -> Path | None:
+    """The test images trial `row` got wrong (the first `limit`, in the test split's order), each with its true and
+    predicted class and the model's confidence in its prediction; None when it got none wrong."""
+    predicted = np.asarray(row["test_predicted"])
+    wrong = np.flatnonzero(predicted != labels)
+    if not len(wrong):
+        return None
+    names = list(row["class_names"]) if row.get("class_names") is not None else list(CLASS_NAMES)
+    shown = wrong[:limit]
+    columns = min(6, len(shown))
+    rows = -(-len(shown) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(1.9 * columns, 2.5 * rows + 0.3), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, i in zip(axes.ravel(), shown):
+        ax.imshow(images[i])
+        ax.set_title(f"true {names[labels[i]]}\npred {names[predicted[i]]} {100 * row['test_confidence'][i]:.0f}%",
+                     fontsize=7, color="tab:red")
+    return _save(fig, out / f"mistakes_{row['model']}.png")
+
+
 def answer(summary: pd.DataFrame, out: Path) -> Path:
     """The report's opening figure: per factor, each setting's mean test accuracy with its 95% interval and its
     single runs, the original study's number as a marker beside it, and the setting chosen on validation marked."""

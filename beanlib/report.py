@@ -14,13 +14,14 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from beanlib import tables
 from beanlib.errors import BeanlibError
 from beanlib.page import Doc
 from beanlib.results import RAN_IN_FULL, RunStore
-from beanlib.stats import by_factor, family_comparison, verdict
+from beanlib.stats import by_factor, family_comparison, verdict, winners
 from beanlib.studies import trial_id_of_row
 
 # What a reader must know about each kind of Inception-v3 base, keyed by the first word of weights.describe().
@@ -42,13 +43,14 @@ class Report:
     failed: pd.DataFrame | None = None
 
 
-def build_report(run_dir: str, out_dir: str | None = None) -> Report:
-    """Read RESULTS/RUN and write the report into `out_dir` (default RUN/report), atomically."""
+def build_report(run_dir: str, out_dir: str | None = None, data: str | None = None) -> Report:
+    """Read RESULTS/RUN and write the report into `out_dir` (default RUN/report), atomically. `data` names where
+    the run's data lies now (default: where run.json says it was read), for the gallery of mistakes."""
     trials, epochs, manifest, store = load_run(run_dir)
     out = Path(out_dir) if out_dir else _default_out(store)
     staging = Path(tempfile.mkdtemp(prefix=".report-", dir=out.parent if out.parent.exists() else None))
     try:
-        doc, summary, missing, failed = _compose(trials, epochs, manifest, store, staging)
+        doc, summary, missing, failed = _compose(trials, epochs, manifest, store, staging, data)
         (staging / "report.md").write_text(doc.to_markdown())
         (staging / "report.html").write_text(doc.to_html(staging))
         summary.to_parquet(staging / "summary.parquet", index=False)
@@ -113,7 +115,7 @@ def _replace_dir(staging: Path, out: Path) -> None:
 # --- composing ---------------------------------------------------------------------------------
 
 
-def _compose(trials, epochs, manifest, store, out: Path):
+def _compose(trials, epochs, manifest, store, out: Path, data: str | None = None):
     from beanlib import figures
 
     (out / "figures").mkdir(parents=True, exist_ok=True)
@@ -175,6 +177,7 @@ def _compose(trials, epochs, manifest, store, out: Path):
             doc.figure(figures.confusion(runs, out / "figures"),
                        f"Test confusion matrix of the {model} setting chosen on validation ({runs['setting'].iloc[0]}, "
                        f"{len(runs)} runs summed)")
+        _mistakes(doc, trials, manifest, data, out)
 
     doc.h(2, "Runtime")
     doc.table(tables.runtime_table(trials))
@@ -198,6 +201,48 @@ def _compose(trials, epochs, manifest, store, out: Path):
     else:
         doc.table(failed[["trial_id", "setting", "repeat", "status", "attempts", "error"]].fillna(""))
     return doc, summary, missing, failed
+
+
+def _mistakes(doc: Doc, trials: pd.DataFrame, manifest: dict, data: str | None, out: Path) -> None:
+    """A gallery per family: the test images its best model (the run `--keep-models best` keeps) got wrong."""
+    from beanlib import figures
+
+    best = {model: trial for model, trial in winners(trials).items() if model in ("lenet", "inception")}
+    doc.h(2, "What each family's best model gets wrong")
+    for model, trial_id in best.items():
+        row = trials[trials["trial_id"] == trial_id].iloc[0]
+        if row["test_predicted"] is None:
+            doc.p(f"{model}: run {trial_id} predates per-image predictions in the rows: no gallery (re-run it to get one).")
+            continue
+        test, why = _test_split(manifest, int(row["image_size"]), data)
+        if test is None:
+            doc.p(f"{model}: no gallery, {why}.")
+            continue
+        path = figures.mistakes(row, test.images, test.labels, out / "figures")
+        wrong = int((np.asarray(row["test_predicted"]) != test.labels).sum())
+        if path is None:
+            doc.p(f"{model}: run {trial_id} ({row['setting']}) classified every test image correctly.")
+        else:
+            doc.figure(path, f"{model}: the test images run {trial_id} ({row['setting']}, repeat {row['repeat']}, its "
+                             f"setting's best run on validation) got wrong, {wrong} of {len(test.labels)}"
+                             + (", the first 24 shown" if wrong > 24 else "") + "; its confidence is the probability it gave "
+                             "its prediction")
+
+
+def _test_split(manifest: dict, image_size: int, data: str | None):
+    """(the run's test split at `image_size`, None) when the data can be read here and is the run's (its fingerprint
+    matches run.json's), else (None, why)."""
+    from beanlib.data import load_beans
+
+    source = data or manifest.get("data")
+    try:
+        loaded = load_beans(source, image_size, manifest.get("per_class"))
+    except Exception as error:  # moved, not downloaded here, unreadable: the gallery is left out, the report is not
+        return None, f"the run's data {source!r} cannot be read here ({type(error).__name__}): pass --data where it lies now"
+    expected = manifest.get("data_fingerprints", {}).get(str(image_size))
+    if expected and loaded.fingerprint != expected:
+        return None, f"the data at {source!r} is not the run's (fingerprint {loaded.fingerprint}, the run's {expected})"
+    return loaded.test, ""
 
 
 SELECTION = ("**How the answer is chosen**: every best setting (each factor's, each family's) is chosen on the "

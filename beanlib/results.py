@@ -85,6 +85,8 @@ TRIAL_SCHEMA = pa.schema(
         ("best_epoch", pa.int64()),
         ("per_class_accuracy", pa.list_(pa.float64())),  # in the label order of class_names
         ("confusion_matrix", pa.list_(pa.list_(pa.int64()))),  # rows: true class, columns: predicted
+        ("test_predicted", pa.list_(pa.int64())),  # each test image's predicted label, in the test split's order
+        ("test_confidence", pa.list_(pa.float64())),  # the probability given to that label
         ("trainable_params", pa.int64()),
         ("total_params", pa.int64()),
         ("epochs_run", pa.int64()),

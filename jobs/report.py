@@ -1,6 +1,6 @@
 """Build the study's report (Markdown, HTML, figures, summary.parquet) from a sweep's Parquet.
 
-    python -m jobs.report --results RESULTS/RUN [--out DIR]
+    python -m jobs.report --results RESULTS/RUN [--out DIR] [--data PATH]
 """
 
 from __future__ import annotations
@@ -14,12 +14,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m jobs.report", description=__doc__.splitlines()[0])
     p.add_argument("--results", required=True, help="the run's folder, RESULTS/RUN, as jobs.sweep wrote it (a path or URI)")
     p.add_argument("--out", help="where to write the report (default: RESULTS/RUN/report)")
+    p.add_argument("--data", help="where the run's data lies now, for the gallery of mistakes (default: as run.json says)")
     args = p.parse_args(argv)
     import pandas as pd
 
     from beanlib.report import build_report
 
-    report = build_report(args.results, args.out)
+    report = build_report(args.results, args.out, args.data)
     shown = report.summary[["factor", "setting", "chosen", "n", "val_accuracy", "test_accuracy", "ci95_low", "ci95_high",
                             "original_test_accuracy", "trainable_params"]]
     with pd.option_context("display.width", 160, "display.max_rows", 200, "display.float_format", "{:.1f}".format):

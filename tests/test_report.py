@@ -55,14 +55,40 @@ def test_report_tables_match_the_sweeps_rows(smoke_run, tmp_path):
     assert re.search(r"Inception-v3 base features were computed once by the sweep \(\d+s, .*\) and shared by 4 trials", markdown)
     assert "| peak MiB |" in markdown
     figures = sorted(p.name for p in (tmp_path / "report" / "figures").iterdir())
-    assert figures == ["answer.png", "confusion_inception.png", "confusion_lenet.png", "curves_inception.png",
-                       "curves_kernel_counts.png", "curves_kernel_size.png", "curves_regularizer.png"]
+    assert [f for f in figures if not f.startswith("mistakes_")] == [
+        "answer.png", "confusion_inception.png", "confusion_lenet.png", "curves_inception.png",
+        "curves_kernel_counts.png", "curves_kernel_size.png", "curves_regularizer.png"]  # galleries: their own test
     assert all((tmp_path / "report" / "figures" / f).read_bytes()[:4] == b"\x89PNG" for f in figures)
     page = (tmp_path / "report" / "report.html").read_text()
     assert page.count("data:image/png;base64,") == len(figures) and "figures/" not in page  # self-contained
     assert report.missing == []
     # the report opens with the answer: the summary figure comes before any table
     assert markdown.index("](figures/answer.png)") < markdown.index("## Factors, beside the original study")
+
+
+def test_the_gallery_shows_what_each_familys_best_model_got_wrong(smoke_run, tmp_path):
+    import numpy as np
+
+    from beanlib.data import load_beans
+    from beanlib.stats import winners
+
+    build_report(str(smoke_run), str(tmp_path / "report"))
+    trials = pd.read_parquet(smoke_run / "trials").set_index("trial_id")
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    for model, trial_id in winners(trials.reset_index()).items():
+        if model not in ("lenet", "inception"):
+            continue
+        row = trials.loc[trial_id]
+        labels = load_beans("synthetic", int(row["image_size"]), per_class=2).test.labels
+        wrong = int((np.asarray(row["test_predicted"]) != labels).sum())
+        assert wrong == round((1 - row["test_accuracy"]) * len(labels))  # the row's predictions are its accuracy's
+        assert all(1 / 3 <= c <= 1 for c in row["test_confidence"])  # a probability, at least 1/3 for the argmax of 3
+        gallery = tmp_path / "report" / "figures" / f"mistakes_{model}.png"
+        assert gallery.exists() == (wrong > 0)
+        assert (f"got wrong, {wrong} of {len(labels)}" in markdown) == (wrong > 0)
+    # Data that is not readable here leaves the gallery out, said in the report, and nothing else
+    build_report(str(smoke_run), str(tmp_path / "elsewhere"), data=str(tmp_path / "nowhere"))
+    assert "no gallery, the run's data" in (tmp_path / "elsewhere" / "report.md").read_text()
 
 
 def test_a_partial_run_gives_a_partial_report(smoke_run, tmp_path):
