@@ -6,7 +6,8 @@
     DIR/optimizer.npz   the optimizer's variables, in order: its step count and moments
 
 No Ray here: the sweep hands these directories to Ray Tune (`tune.report(..., checkpoint=...)`), which stores them
-beside the run's results and gives the last one back to a restarted trial.
+beside the run's results, as RUN/tune/EXPERIMENT/TRIAL_ID/checkpoint_N, and gives the last one back to a restarted
+trial. `latest` finds the one an earlier sweep left for a trial; `drop` deletes a finished trial's.
 """
 
 from __future__ import annotations
@@ -14,9 +15,13 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
+import pyarrow.fs as pafs
+
+if TYPE_CHECKING:
+    from beanlib.results import RunStore
 
 STATE, VARIABLES, OPTIMIZER = "state.json", "variables.npz", "optimizer.npz"
 FORMAT = 1  # bump when the layout changes: an older checkpoint is then not resumed (the trial starts over)
@@ -74,3 +79,28 @@ def assign(variables: Sequence, values: Sequence[np.ndarray], what: str) -> None
                          "variables, or other shapes): it was written by another model")
     for variable, value in zip(variables, values):
         variable.assign(value)
+
+
+def _folders(store: "RunStore") -> dict[str, list[str]]:
+    """trial id -> its checkpoint folders under RUN/tune/EXPERIMENT/ID/ (Tune's layout), oldest first."""
+    found: dict[str, list[str]] = {}
+    infos = store.fs.get_file_info(pafs.FileSelector(f"{store.path}/tune", allow_not_found=True, recursive=True))
+    for info in infos:
+        parts = info.path.rsplit("/", 3)
+        if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_") and len(parts) == 4:
+            found.setdefault(parts[2], []).append(info.path)
+    return {trial_id: sorted(paths) for trial_id, paths in found.items()}  # experiment names sort by their start time
+
+
+def latest(store: "RunStore", trial_ids: set[str]) -> dict[str, str]:
+    """trial id -> the URI of the newest checkpoint an earlier sweep left for it, for the trials about to run."""
+    prefix = store.uri[: len(store.uri) - len(store.path)] if store.uri.endswith(store.path) else ""
+    return {trial_id: prefix + paths[-1] for trial_id, paths in _folders(store).items() if trial_id in trial_ids}
+
+
+def drop(store: "RunStore", trial_ids: set[str]) -> None:
+    """Delete the checkpoints of finished trials: a finished trial's model is its row's model_file, if kept."""
+    for trial_id, paths in _folders(store).items():
+        if trial_id in trial_ids:
+            for path in paths:
+                store.fs.delete_dir(path)

@@ -16,11 +16,9 @@ import logging
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
-import pyarrow.fs as pafs
 import ray
 from ray import tune
 
@@ -28,78 +26,17 @@ from beanlib import backend, checkpoint, preflight
 from beanlib.console import hide_native_logs
 from beanlib.data import class_names, load_beans
 from beanlib.errors import BeanlibError
+from beanlib.options import Progress, SweepOptions, SweepSummary  # noqa: F401 (SweepOptions: callers import it from here)
 from beanlib.results import FINISHED, MODELS, RunStore, provenance, trial_row
 from beanlib.stats import winners
 from beanlib.studies import STUDIES, TrialSpec, estimated_cost, plan, trial_id_of_row
 from beanlib.weights import check_weights, weights_sha256
-
-class Progress(Protocol):
-    """What the sweep tells a live display (beanlib.console.SweepConsole): trials to run, started, finished."""
-
-    def start(self, total: int, description: str) -> None: ...
-    def trial_started(self) -> None: ...
-    def trial_finished(self, failed: bool) -> None: ...
-    def stop(self) -> None: ...
-
 
 # Default share of a GPU per trial when the cluster has GPUs, from packing measured on an H200 (Keras on JAX,
 # 299px, LeNet trials each in its own process): 4 at once trained 2.5x the images/s of one, 8 at once 4.0x.
 # So eight LeNet trials share a GPU. Inception-v3 fine-tuning (1,226-2,643 images/s alone) has no packing
 # measurement yet: it keeps a whole one. JAX caps each trial's memory at its share (beanlib.backend).
 DEFAULT_GPUS = {"lenet": 0.125, "inception": 1.0}
-
-
-@dataclass
-class SweepOptions:
-    """Everything `jobs.sweep` takes (see its --help)."""
-
-    study: str
-    data: str = "tfds"
-    results: str = "results"
-    name: str | None = None
-    image_size: int | None = None
-    epochs: int | None = None
-    fine_tune_epochs: int | None = None
-    repeats: int = 1
-    weights: str | None = None
-    per_class: int | None = None
-    address: str | None = None
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float | None = None
-    max_concurrent: int | None = None
-    retries: int = 1
-    checkpoint_seconds: float = 60.0  # a running trial's checkpoint after an epoch, at most this often (0: every epoch)
-    keep_models: str = "best"  # a key of KEEP_MODELS
-    early_stop: int | None = None  # patience in epochs (0 or None: off, the studies' fixed epochs)
-    scheduler: str = "fifo"  # a key of SCHEDULERS
-    backend: str | None = None  # Keras backend of every trial (beanlib.backend); None: $KERAS_BACKEND, else tensorflow
-    dry_run: bool = False
-    verbose: bool = False  # Ray Tune's status tables and the workers' output on the console
-    # Tests of failure handling: "SETTING" makes that setting's trials raise; "SETTING:crash" kills
-    # their worker process outright, as Ray's OOM killer or a lost node would; "SETTING:crash@E" kills it once
-    # epoch E is reported (in the attempt that reaches E, not in one resumed past it).
-    inject_fault: tuple[str, ...] = ()
-
-    def overrides(self) -> dict[str, Any]:
-        # A weights file is named by its absolute path: Tune runs trials in other working directories.
-        weights = os.path.abspath(self.weights) if self.weights and os.path.isfile(self.weights) else self.weights
-        values = {"image_size": self.image_size, "epochs": self.epochs, "fine_tune_epochs": self.fine_tune_epochs, "weights": weights,
-                  "early_stop": self.early_stop or None}
-        return {k: v for k, v in values.items() if v is not None}
-
-
-@dataclass
-class SweepSummary:
-    """How a sweep ended: planned trials, and the status of each trial that has a row."""
-
-    planned: int
-    ran: int
-    statuses: dict[str, str] = field(default_factory=dict)
-    wall_seconds: float = 0.0
-
-    @property
-    def failed(self) -> int:
-        return sum(1 for s in self.statuses.values() if s not in FINISHED)
 
 
 def run_sweep(opts: SweepOptions, out: Callable[[str], None] = print, progress: Progress | None = None) -> SweepSummary:
@@ -154,12 +91,12 @@ def run_sweep(opts: SweepOptions, out: Callable[[str], None] = print, progress: 
                 progress.stop()
     statuses = store.finished()
     if all(statuses.get(s.trial_id) in FINISHED for s in specs):
-        _drop_checkpoints(store, set(statuses))  # left by a driver that stopped between a row and its cleanup
+        checkpoint.drop(store, set(statuses))  # left by a driver that stopped between a row and its cleanup
         if opts.keep_models == "best":
             kept = winners(store.read_table("trials").to_pandas())
             dropped = store.keep_models(set(kept.values()))
             if kept:
-                out(f"models kept (chosen on validation): " + ", ".join(f"{label} {trial}" for label, trial in kept.items())
+                out("models kept (chosen on validation): " + ", ".join(f"{label} {trial}" for label, trial in kept.items())
                     + (f"; {len(dropped)} others removed" if dropped else "") + f", in {store.uri}/{MODELS}")
     summary = SweepSummary(len(specs), len(todo), {s.trial_id: statuses.get(s.trial_id, "missing") for s in specs},
                            time.perf_counter() - started)
@@ -202,7 +139,7 @@ def _tune(opts: SweepOptions, store: RunStore, todo: list[TrialSpec], data: dict
     resources = _resources(opts, has_gpus)
     features = _shared_features(todo, data, resources, out)
     specs = {s.trial_id: s.to_dict() for s in todo}
-    earlier = _earlier_checkpoints(store, set(specs))
+    earlier = checkpoint.latest(store, set(specs))
     if earlier:
         out(f"{len(earlier)} trial(s) resume from the checkpoint of an earlier sweep: " + ", ".join(sorted(earlier)))
     context = {"run": store.run, "results": store.uri, "data": opts.data, "provenance": provenance(), "retries": opts.retries,
@@ -418,31 +355,6 @@ def _resume_state(earlier: str | None) -> checkpoint.TrialState | None:
         return None
 
 
-def _checkpoint_dirs(store: RunStore) -> dict[str, list[str]]:
-    """trial id -> its checkpoint folders under RUN/tune/EXPERIMENT/ID/ (Tune's layout), oldest first."""
-    found: dict[str, list[str]] = {}
-    infos = store.fs.get_file_info(pafs.FileSelector(f"{store.path}/tune", allow_not_found=True, recursive=True))
-    for info in infos:
-        parts = info.path.rsplit("/", 3)
-        if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_") and len(parts) == 4:
-            found.setdefault(parts[2], []).append(info.path)
-    return {trial_id: sorted(paths) for trial_id, paths in found.items()}  # experiment names sort by their start time
-
-
-def _earlier_checkpoints(store: RunStore, trial_ids: set[str]) -> dict[str, str]:
-    """trial id -> the URI of the newest checkpoint an earlier sweep left for it, for the trials about to run."""
-    prefix = store.uri[: len(store.uri) - len(store.path)] if store.uri.endswith(store.path) else ""
-    return {trial_id: prefix + paths[-1] for trial_id, paths in _checkpoint_dirs(store).items() if trial_id in trial_ids}
-
-
-def _drop_checkpoints(store: RunStore, trial_ids: set[str]) -> None:
-    """Delete the checkpoints of finished trials: a finished trial's model is its row's model_file, if kept."""
-    for trial_id, paths in _checkpoint_dirs(store).items():
-        if trial_id in trial_ids:
-            for path in paths:
-                store.fs.delete_dir(path)
-
-
 # Out of memory as each backend says it: TensorFlow's and Python's exception classes, Ray's (a worker killed by its
 # memory monitor), torch's class and CUDA message, and XLA's status code (JAX raises a plain XlaRuntimeError).
 OOM_ERRORS = ("ResourceExhaustedError", "MemoryError", "OutOfMemoryError", "RESOURCE_EXHAUSTED", "CUDA out of memory")
@@ -484,7 +396,7 @@ class _WriteResults(tune.Callback):
             row[key] = datetime.fromisoformat(row[key])
         self.store.write_trial(row, json.loads(result["beanlib_epochs"]))
         if row["status"] in FINISHED:
-            _drop_checkpoints(self.store, {trial_id})
+            checkpoint.drop(self.store, {trial_id})
         self._line(row)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -499,7 +411,7 @@ class _WriteResults(tune.Callback):
         result = TrialResult("pruned", history, stop_reason="pruned", epochs_planned=spec.config.planned_epochs).summarize_history()
         row = trial_row(spec, result, status="pruned", data=self.data, provenance=self.prov, end_time=datetime.now(timezone.utc))
         self.store.write_trial(row, history)
-        _drop_checkpoints(self.store, {trial_id})
+        checkpoint.drop(self.store, {trial_id})
         self.written.add(trial_id)
         self._line(row)
 

@@ -1,0 +1,71 @@
+"""What a sweep takes and what it hands back: its options (the flags of `jobs.sweep`) and its summary. No Ray here."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from beanlib.results import FINISHED
+
+
+class Progress(Protocol):
+    """What the sweep tells a live display (beanlib.console.SweepConsole): trials to run, started, finished."""
+
+    def start(self, total: int, description: str) -> None: ...
+    def trial_started(self) -> None: ...
+    def trial_finished(self, failed: bool) -> None: ...
+    def stop(self) -> None: ...
+
+
+@dataclass
+class SweepOptions:
+    """Everything `jobs.sweep` takes (see its --help)."""
+
+    study: str
+    data: str = "tfds"
+    results: str = "results"
+    name: str | None = None
+    image_size: int | None = None
+    epochs: int | None = None
+    fine_tune_epochs: int | None = None
+    repeats: int = 1
+    weights: str | None = None
+    per_class: int | None = None
+    address: str | None = None
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float | None = None
+    max_concurrent: int | None = None
+    retries: int = 1
+    checkpoint_seconds: float = 60.0  # a running trial's checkpoint after an epoch, at most this often (0: every epoch)
+    keep_models: str = "best"  # a key of KEEP_MODELS
+    early_stop: int | None = None  # patience in epochs (0 or None: off, the studies' fixed epochs)
+    scheduler: str = "fifo"  # a key of SCHEDULERS
+    backend: str | None = None  # Keras backend of every trial (beanlib.backend); None: $KERAS_BACKEND, else tensorflow
+    dry_run: bool = False
+    verbose: bool = False  # Ray Tune's status tables and the workers' output on the console
+    # Tests of failure handling: "SETTING" makes that setting's trials raise; "SETTING:crash" kills
+    # their worker process outright, as Ray's OOM killer or a lost node would; "SETTING:crash@E" kills it once
+    # epoch E is reported (in the attempt that reaches E, not in one resumed past it).
+    inject_fault: tuple[str, ...] = ()
+
+    def overrides(self) -> dict[str, Any]:
+        # A weights file is named by its absolute path: Tune runs trials in other working directories.
+        weights = os.path.abspath(self.weights) if self.weights and os.path.isfile(self.weights) else self.weights
+        values = {"image_size": self.image_size, "epochs": self.epochs, "fine_tune_epochs": self.fine_tune_epochs, "weights": weights,
+                  "early_stop": self.early_stop or None}
+        return {k: v for k, v in values.items() if v is not None}
+
+
+@dataclass
+class SweepSummary:
+    """How a sweep ended: planned trials, and the status of each trial that has a row."""
+
+    planned: int
+    ran: int
+    statuses: dict[str, str] = field(default_factory=dict)
+    wall_seconds: float = 0.0
+
+    @property
+    def failed(self) -> int:
+        return sum(1 for s in self.statuses.values() if s not in FINISHED)
