@@ -46,7 +46,7 @@ class SweepOptions:
     verbose: bool = False  # Ray Tune's status tables and the workers' output on the console
     # Tests of failure handling: "SETTING" makes that setting's trials raise; "SETTING:crash" kills
     # their worker process outright, as Ray's OOM killer or a lost node would; "SETTING:crash@E" kills it once
-    # epoch E is reported (in the attempt that reaches E, not in one resumed past it).
+    # epoch E is reported, once per trial (its restart runs on).
     inject_fault: tuple[str, ...] = ()
 
     def overrides(self) -> dict[str, Any]:

@@ -301,7 +301,10 @@ def _trainable(config: dict, data: dict, features: dict, context: dict) -> None:
     def report(record: dict, saved: tune.Checkpoint | None = None) -> None:
         _report_epoch(record, planned, saved)
         if record["epoch"] == crash_at:
-            os._exit(17)
+            marker = os.path.join(tune.get_context().get_trial_dir(), "injected-crash")
+            if not os.path.exists(marker):  # once per trial: its restart (from a checkpoint or from zero) runs on
+                open(marker, "w").close()
+                os._exit(17)
 
     def report_checkpoint(record: dict, directory: str) -> None:
         report(record, tune.Checkpoint.from_directory(directory))

@@ -60,19 +60,6 @@ def test_a_relative_results_folder_under_ray_job_submit_is_refused(tmp_path):
     assert "pass an absolute path or a URI" in done.stderr
 
 
-def test_the_main_job_prints_a_short_calm_console(tmp_path):
-    """The README's main job as a new user sees it: the plan, one line per trial, the summary; no C++ log
-    line, no Ray Tune table, no traceback."""
-    done = _run(sys.executable, "-m", "jobs.sweep", *SMOKE, "--results", str(tmp_path))
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    lines = (done.stdout + done.stderr).strip().splitlines()
-    assert len(lines) <= 40, "\n".join(lines)
-    assert sum(1 for line in lines if line.startswith("trial ") and ": ok test_acc" in line) == 12
-    assert lines[0].startswith("smoke: 12 trials planned") and any(line.startswith("smoke: done in") for line in lines)
-    noise = re.compile(r"^(WARNING: All log messages|[IWEF]\d{4} \d\d:|Traceback|.*Trial status|.*_trainable_)")
-    assert not [line for line in lines if noise.match(line)], "\n".join(lines)
-
-
 def _kill_session(process: subprocess.Popen) -> None:
     """SIGKILL the driver and everything it started (the embedded Ray's processes share its session)."""
     import psutil
@@ -87,8 +74,10 @@ def _kill_session(process: subprocess.Popen) -> None:
             pass
 
 
-def test_a_killed_driver_resumes_without_rerunning_or_duplicating_trials(tmp_path):
-    command = [sys.executable, "-m", "jobs.sweep", *SMOKE, "--results", str(tmp_path), "--max-concurrent", "1"]
+def test_a_killed_driver_resumes_without_rerunning_or_duplicating_trials_on_a_short_calm_console(tmp_path):
+    """The README's main job, killed mid-sweep and run again: only unfinished trials run, and the console is what a
+    new user sees: the plan, one line per trial, the summary; no C++ log line, no Ray Tune table, no traceback."""
+    command = [sys.executable, "-m", "jobs.sweep", *SMOKE, "--results", str(tmp_path)]
     trials_dir = tmp_path / "smoke" / "trials"
     driver = subprocess.Popen(command, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -103,7 +92,13 @@ def test_a_killed_driver_resumes_without_rerunning_or_duplicating_trials(tmp_pat
 
     resumed = _run(*command)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert f"{len(before)} finished in" in resumed.stdout
+    lines = (resumed.stdout + resumed.stderr).strip().splitlines()
+    assert len(lines) <= 40, "\n".join(lines)
+    assert lines[0].startswith(f"smoke: 12 trials planned, {len(before)} finished in")
+    assert sum(1 for line in lines if line.startswith("trial ") and ": ok test_acc" in line) == 12 - len(before)
+    assert any(line.startswith("smoke: done in") for line in lines)
+    noise = re.compile(r"^(WARNING: All log messages|[IWEF]\d{4} \d\d:|Traceback|.*Trial status|.*_trainable_)")
+    assert not [line for line in lines if noise.match(line)], "\n".join(lines)
     after = pd.read_parquet(trials_dir)
     assert after["trial_id"].is_unique and set(after["trial_id"]) == planned and set(after["status"]) == {"ok"}
     kept = after.set_index("trial_id").loc[before.index]

@@ -250,12 +250,33 @@ RESUME = Study(
 )
 
 
+def _leave_an_earlier_sweeps_checkpoint(run, setting: str, epoch: int) -> str:
+    """What a sweep stopped outright leaves in RUN/tune: a trial's checkpoint after `epoch`, in Tune's layout."""
+    import shutil
+
+    from beanlib.data import load_beans
+    from beanlib.train import run_trial
+
+    (spec,) = [s for s in studies.plan(RESUME) if s.setting == setting]
+    folder = run / "tune" / "tune-20000101T000000" / spec.trial_id / "checkpoint_000000"
+
+    def keep(record, directory):
+        if record["epoch"] == epoch:
+            shutil.copytree(directory, folder)
+            return True
+
+    run_trial(spec.config, load_beans("synthetic", 32, per_class=6), on_checkpoint=keep, cpus=1)
+    return spec.trial_id
+
+
 @pytest.fixture(scope="module")
 def resumed_and_clean(local_ray, tmp_path_factory):
-    """The RESUME study twice: once with kernel_size=3's worker killed after epoch 2 (models: best), once not (all)."""
+    """The RESUME study twice: once with kernel_size=3's worker killed after epoch 2 and kernel_size=5 resuming
+    from the checkpoint an earlier, stopped sweep left after its epoch 2 (models: best); once with neither (all)."""
     root = tmp_path_factory.mktemp("resume")
     studies.STUDIES["resume"] = RESUME
     try:
+        _leave_an_earlier_sweeps_checkpoint(root / "killed" / "resume", "kernel_size=5", 2)
         run_sweep(SweepOptions(study="resume", data="synthetic", results=str(root / "killed"), checkpoint_seconds=0,
                                inject_fault=("kernel_size=3:crash@2",)), out=lambda line: None)
         run_sweep(SweepOptions(study="resume", data="synthetic", results=str(root / "clean"), checkpoint_seconds=0,
@@ -271,7 +292,11 @@ def test_a_worker_killed_mid_trial_resumes_from_its_checkpoint_as_if_never_stopp
     epochs = {run: pd.read_parquet(run / "epochs").sort_values(["trial_id", "epoch"]) for run in (killed, clean)}
     resumed = rows[killed].loc["kernel_size=3"]
     assert resumed["status"] == "ok" and resumed["resumed_from_epoch"] == 2
-    assert rows[clean]["resumed_from_epoch"].isna().all() and pd.isna(rows[killed].loc["kernel_size=5", "resumed_from_epoch"])
+    assert rows[clean]["resumed_from_epoch"].isna().all()
+    # The earlier sweep's checkpoint was found by trial id and resumed: epochs 1-2 from it, 3-4 run now
+    earlier = rows[killed].loc["kernel_size=5"]
+    assert earlier["status"] == "ok" and earlier["resumed_from_epoch"] == 2
+    assert list(epochs[killed][epochs[killed]["trial_id"] == earlier["trial_id"]]["epoch"]) == [1, 2, 3, 4]
     mine = epochs[killed][epochs[killed]["trial_id"] == resumed["trial_id"]]
     assert list(mine["epoch"]) == [1, 2, 3, 4]  # each epoch once: the killed attempt's epochs 1-2, the restart's 3-4
     # Weights, optimizer, dropout's seed state and the data order all came back: the same numbers as never stopping.
