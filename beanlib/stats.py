@@ -94,8 +94,11 @@ def family_choice(trials: pd.DataFrame, model: str) -> pd.DataFrame:
 
 def best_run(runs: pd.DataFrame) -> str | None:
     """The trial id, among one setting's runs that ran in full, of the highest validation accuracy (then the lowest
-    validation loss, then the first repeat): the one run of a chosen setting that is kept as its model."""
+    validation loss, then the first repeat): the one run of a chosen setting that is kept as its model. Runs with a
+    saved model come first: in a run that older beanlib versions began, the earlier rows have none."""
     ok = ran_in_full(runs)
+    if "model_file" in ok and ok["model_file"].notna().any():
+        ok = ok[ok["model_file"].notna()]
     if ok.empty:
         return None
     ordered = ok.assign(_loss=ok["val_loss"].fillna(math.inf)).sort_values(

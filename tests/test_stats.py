@@ -75,3 +75,24 @@ def test_one_run_per_setting_is_never_tested():
 def test_holm_adjusts_step_down_and_stays_monotone():
     assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
     assert holm([0.5]) == [0.5] and holm([0.2, 0.9]) == pytest.approx([0.4, 0.9])
+
+
+def test_winners_are_chosen_on_validation_and_keep_each_choices_best_run_with_a_model():
+    from beanlib.stats import winners
+
+    def row(trial_id, model, setting, val, test, model_file=None, factor=None):
+        return {"trial_id": trial_id, "model": model, "factor": factor or model, "setting": setting, "repeat": int(trial_id[-1]),
+                "status": "ok", "val_accuracy": val, "val_loss": 1 - val, "best_val_accuracy": val, "test_accuracy": test,
+                "model_file": model_file,
+                "kernel_size": 5, "kernel_counts": "6-16-120", "regularizer": "none"}
+
+    trials = pd.DataFrame([
+        # LeNet: setting a has the higher mean validation accuracy (0.70 against 0.68) though b has the best single run
+        row("l-a0", "lenet", "a", 0.66, 0.90, "models/l-a0.keras"), row("l-a1", "lenet", "a", 0.74, 0.60, "models/l-a1.keras"),
+        row("l-b0", "lenet", "b", 0.80, 0.95, "models/l-b0.keras"), row("l-b1", "lenet", "b", 0.56, 0.95, "models/l-b1.keras"),
+        # Inception: one setting; its best run on validation (i-x0) has no model (an older row), so i-x1 is kept
+        row("i-x0", "inception", "x", 0.90, 0.80, None), row("i-x1", "inception", "x", 0.85, 0.80, "models/i-x1.keras"),
+    ])
+    found = winners(trials)
+    assert found["lenet"] == "l-a1"  # setting chosen on mean validation, then its best run; test never looked at
+    assert found["inception"] == "i-x1" and found["best"] == "i-x1"  # Inception's setting: 0.875 mean validation
