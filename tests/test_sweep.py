@@ -250,33 +250,12 @@ RESUME = Study(
 )
 
 
-def _leave_an_earlier_sweeps_checkpoint(run, setting: str, epoch: int) -> str:
-    """What a sweep stopped outright leaves in RUN/tune: a trial's checkpoint after `epoch`, in Tune's layout."""
-    import shutil
-
-    from beanlib.data import load_beans
-    from beanlib.train import run_trial
-
-    (spec,) = [s for s in studies.plan(RESUME) if s.setting == setting]
-    folder = run / "tune" / "tune-20000101T000000" / spec.trial_id / "checkpoint_000000"
-
-    def keep(record, directory):
-        if record["epoch"] == epoch:
-            shutil.copytree(directory, folder)
-            return True
-
-    run_trial(spec.config, load_beans("synthetic", 32, per_class=6), on_checkpoint=keep, cpus=1)
-    return spec.trial_id
-
-
 @pytest.fixture(scope="module")
 def resumed_and_clean(local_ray, tmp_path_factory):
-    """The RESUME study twice: once with kernel_size=3's worker killed after epoch 2 and kernel_size=5 resuming
-    from the checkpoint an earlier, stopped sweep left after its epoch 2 (models: best); once with neither (all)."""
+    """The RESUME study twice: once with kernel_size=3's worker killed after epoch 2 (models: best), once not (all)."""
     root = tmp_path_factory.mktemp("resume")
     studies.STUDIES["resume"] = RESUME
     try:
-        _leave_an_earlier_sweeps_checkpoint(root / "killed" / "resume", "kernel_size=5", 2)
         run_sweep(SweepOptions(study="resume", data="synthetic", results=str(root / "killed"), checkpoint_seconds=0,
                                inject_fault=("kernel_size=3:crash@2",)), out=lambda line: None)
         run_sweep(SweepOptions(study="resume", data="synthetic", results=str(root / "clean"), checkpoint_seconds=0,
@@ -292,11 +271,7 @@ def test_a_worker_killed_mid_trial_resumes_from_its_checkpoint_as_if_never_stopp
     epochs = {run: pd.read_parquet(run / "epochs").sort_values(["trial_id", "epoch"]) for run in (killed, clean)}
     resumed = rows[killed].loc["kernel_size=3"]
     assert resumed["status"] == "ok" and resumed["resumed_from_epoch"] == 2
-    assert rows[clean]["resumed_from_epoch"].isna().all()
-    # The earlier sweep's checkpoint was found by trial id and resumed: epochs 1-2 from it, 3-4 run now
-    earlier = rows[killed].loc["kernel_size=5"]
-    assert earlier["status"] == "ok" and earlier["resumed_from_epoch"] == 2
-    assert list(epochs[killed][epochs[killed]["trial_id"] == earlier["trial_id"]]["epoch"]) == [1, 2, 3, 4]
+    assert rows[clean]["resumed_from_epoch"].isna().all() and pd.isna(rows[killed].loc["kernel_size=5", "resumed_from_epoch"])
     mine = epochs[killed][epochs[killed]["trial_id"] == resumed["trial_id"]]
     assert list(mine["epoch"]) == [1, 2, 3, 4]  # each epoch once: the killed attempt's epochs 1-2, the restart's 3-4
     # Weights, optimizer, dropout's seed state and the data order all came back: the same numbers as never stopping.
@@ -395,3 +370,22 @@ def test_predict_classifies_images_with_the_best_model_and_skips_a_corrupt_one(r
         bad = subprocess.run([*job, *args], capture_output=True, text=True, timeout=300)
         assert bad.returncode == 2 and bad.stderr.strip().startswith("error:") and says in bad.stderr, bad.stderr[-2000:]
         assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_tune_keeps_one_checkpoint_per_trial_and_a_failed_trial_resumes_from_it_on_the_next_sweep(local_ray, monkeypatch, tmp_path):
+    """Ray Tune's CheckpointConfig(num_to_keep=1), as the README says: after three checkpointed epochs a dead trial
+    (no retries left) has one checkpoint, its last; the same command run again resumes it from there."""
+    from beanlib import checkpoint
+
+    monkeypatch.setitem(studies.STUDIES, "resume", RESUME)
+    opts = SweepOptions(study="resume", data="synthetic", results=str(tmp_path), checkpoint_seconds=0, retries=0,
+                        inject_fault=("kernel_size=3:crash@3",))
+    assert run_sweep(opts, out=lambda line: None).failed == 1
+    (folder,) = list((tmp_path / "resume" / "tune").rglob("checkpoint_*"))  # epochs 1, 2 and 3 were checkpointed
+    assert checkpoint.load(str(folder)).epoch == 3
+    lines = []
+    again = run_sweep(SweepOptions(study="resume", data="synthetic", results=str(tmp_path), checkpoint_seconds=0), out=lines.append)
+    assert again.ran == 1 and again.failed == 0 and any("resume from the checkpoint of an earlier sweep" in line for line in lines)
+    row = pd.read_parquet(tmp_path / "resume" / "trials").set_index("setting").loc["kernel_size=3"]
+    assert row["status"] == "ok" and row["resumed_from_epoch"] == 3
+    assert not list((tmp_path / "resume" / "tune").rglob("checkpoint_*"))
