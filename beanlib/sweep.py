@@ -14,6 +14,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -328,7 +329,8 @@ def _trainable(config: dict, data: dict, features: dict, context: dict) -> None:
                     device=device, start_time=start, end_time=datetime.now(timezone.utc), provenance=context["provenance"])
     if result is not None and result.model_sha256:  # the model goes into the run's storage before its row is written
         row["model_file"] = RunStore(*context["results"].rsplit("/", 1)).write_model(spec.trial_id, model_file)
-        os.remove(model_file)
+    if model_file:
+        shutil.rmtree(os.path.dirname(model_file), ignore_errors=True)
     last = result.history[-1] if result and result.history else {"epoch": 0, "val_accuracy": 0.0}  # for a scheduler
     tune.report({"finished": 1, "status": status, "test_accuracy": row.get("test_accuracy"),
                  "epoch": last["epoch"], "val_accuracy": last["val_accuracy"],
