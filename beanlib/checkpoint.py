@@ -81,26 +81,27 @@ def assign(variables: Sequence, values: Sequence[np.ndarray], what: str) -> None
         variable.assign(value)
 
 
-def _folders(store: "RunStore") -> dict[str, list[str]]:
-    """trial id -> its checkpoint folders under RUN/tune/EXPERIMENT/ID/ (Tune's layout), oldest first."""
+def _folders(store: "RunStore", trial_ids: set[str]) -> dict[str, list[str]]:
+    """trial id -> its checkpoint folders under RUN/tune/EXPERIMENT/ID/ (Tune's layout), oldest first. Lists only
+    the named trials' folders, not every experiment's logs: a sweep calls this each time a trial finishes."""
     found: dict[str, list[str]] = {}
-    infos = store.fs.get_file_info(pafs.FileSelector(f"{store.path}/tune", allow_not_found=True, recursive=True))
-    for info in infos:
-        parts = info.path.rsplit("/", 3)
-        if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_") and len(parts) == 4:
-            found.setdefault(parts[2], []).append(info.path)
-    return {trial_id: sorted(paths) for trial_id, paths in found.items()}  # experiment names sort by their start time
+    experiments = store.fs.get_file_info(pafs.FileSelector(f"{store.path}/tune", allow_not_found=True))
+    for experiment in (e for e in experiments if e.type == pafs.FileType.Directory):
+        for trial_id in trial_ids:
+            inside = store.fs.get_file_info(pafs.FileSelector(f"{experiment.path}/{trial_id}", allow_not_found=True))
+            found.setdefault(trial_id, []).extend(i.path for i in inside if i.type == pafs.FileType.Directory
+                                                  and i.base_name.startswith("checkpoint_"))
+    return {trial_id: sorted(paths) for trial_id, paths in found.items() if paths}  # experiment names sort by start time
 
 
 def latest(store: "RunStore", trial_ids: set[str]) -> dict[str, str]:
     """trial id -> the URI of the newest checkpoint an earlier sweep left for it, for the trials about to run."""
     prefix = store.uri[: len(store.uri) - len(store.path)] if store.uri.endswith(store.path) else ""
-    return {trial_id: prefix + paths[-1] for trial_id, paths in _folders(store).items() if trial_id in trial_ids}
+    return {trial_id: prefix + paths[-1] for trial_id, paths in _folders(store, trial_ids).items()}
 
 
 def drop(store: "RunStore", trial_ids: set[str]) -> None:
     """Delete the checkpoints of finished trials: a finished trial's model is its row's model_file, if kept."""
-    for trial_id, paths in _folders(store).items():
-        if trial_id in trial_ids:
-            for path in paths:
-                store.fs.delete_dir(path)
+    for paths in _folders(store, trial_ids).values():
+        for path in paths:
+            store.fs.delete_dir(path)
