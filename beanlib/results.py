@@ -97,12 +97,14 @@ TRIAL_SCHEMA = pa.schema(
         ("images_per_second", pa.float64()),
         ("feature_source", pa.string()),  # Inception base features: computed (by this trial), shared (by the sweep), cache
         ("shared_feature_seconds", pa.float64()),  # "shared": the sweep's one computation, not in train_seconds
-        ("peak_rss_bytes", pa.int64()),  # the trial process's peak resident memory
+        ("peak_rss_bytes", pa.int64()),  # the trial process's peak resident memory while it ran this trial
         ("resumed_from_epoch", pa.int64()),  # the checkpoint's epoch the trial resumed from; null: ran from the start
         ("model_file", pa.string()),  # the kept model, relative to the run (models/ID.keras); null: not kept
         ("model_bytes", pa.int64()),  # size and sha256 of the .keras file the trial saved (kept while model_file is set)
         ("model_sha256", pa.string()),
         ("node", pa.string()),
+        ("worker_pid", pa.int64()),  # the process that ran the trial on its node
+        ("worker_trial", pa.int64()),  # which of that process's trials this was: 1 = a fresh worker, 2 on: reused
         ("device", pa.string()),
         ("backend", pa.string()),  # the Keras backend the trial ran on (tensorflow, jax)
         ("start_time", pa.timestamp("us", tz="UTC")),
@@ -377,6 +379,7 @@ def trial_row(
     attempts: int = 1,
     data: str = "",
     node: str = "",
+    worker: tuple[int, int] | None = None,
     device: str = "",
     start_time=None,
     end_time=None,
@@ -384,7 +387,8 @@ def trial_row(
 ) -> dict[str, Any]:
     """One trials row: the spec's place in the study, its full config, the result's metrics, and provenance.
 
-    `spec` is a beanlib.studies.TrialSpec, `result` a beanlib.train.TrialResult (None when the trial failed).
+    `spec` is a beanlib.studies.TrialSpec, `result` a beanlib.train.TrialResult (None when the trial failed),
+    `worker` the (pid, nth trial) of the process that ran it.
     """
     config = spec.config.to_dict()
     if config["kernel_counts"] is not None:
@@ -408,6 +412,8 @@ def trial_row(
         "error": error,
         "attempts": attempts,
         "node": node,
+        "worker_pid": worker[0] if worker else None,
+        "worker_trial": worker[1] if worker else None,
         "device": device,
         "start_time": start_time,
         "end_time": end_time,

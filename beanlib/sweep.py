@@ -11,6 +11,7 @@ what is unfinished, and no trial ever has two rows.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import os
@@ -158,7 +159,11 @@ def _tune(opts: SweepOptions, store: RunStore, todo: list[TrialSpec], data: dict
         param_space={"trial": tune.grid_search([_hparams(spec) for spec in specs.values()])},
         tune_config=tune.TuneConfig(max_concurrent_trials=opts.max_concurrent, scheduler=SCHEDULERS[opts.scheduler](todo),
                                     trial_name_creator=lambda trial: _trial_name(specs[trial.config["trial"]["trial_id"]]),
-                                    trial_dirname_creator=lambda trial: trial.config["trial"]["trial_id"]),
+                                    trial_dirname_creator=lambda trial: trial.config["trial"]["trial_id"],
+                                    # Warm workers: a worker that finished a trial runs the next one that asks for the
+                                    # same resources, with its runtime, imports and data already loaded (run_trial
+                                    # starts each trial from Keras's blank state and frees it after: beanlib.backend).
+                                    reuse_actors=not opts.fresh_workers),
         run_config=tune.RunConfig(
             name=f"tune-{stamp}",
             storage_path=f"{store.uri}/tune",  # Tune's own experiment state lives beside the Parquet
@@ -277,6 +282,9 @@ def _compute_features(config: dict, data, cpus: float, backend_name: str):
     return prepare_features(config, data, cpus=max(1, int(cpus)))
 
 
+_TRIALS_IN_THIS_WORKER = itertools.count(1)  # a worker process counts the trials it runs (Tune reuses workers)
+
+
 def _trainable(config: dict, data: dict, features: dict, context: dict) -> None:
     """One Ray Tune trial: run it (with retries), report each epoch, and hand the final row to the driver."""
     hide_native_logs()  # before TensorFlow starts in this worker
@@ -285,6 +293,7 @@ def _trainable(config: dict, data: dict, features: dict, context: dict) -> None:
     from beanlib.train import run_trial
 
     spec = TrialSpec.from_dict(context["specs"][config["trial"]["trial_id"]])
+    worker = (os.getpid(), next(_TRIALS_IN_THIS_WORKER))
     required = tune.get_context().get_trial_resources().required_resources
     cpus, gpu_share = max(1, int(required.get("CPU", 1))), required.get("GPU", 0) or 1.0
     gpu_ids = ray.get_gpu_ids()
@@ -326,7 +335,7 @@ def _trainable(config: dict, data: dict, features: dict, context: dict) -> None:
         except Exception as exc:  # recorded as the trial's row; the sweep goes on
             status, error, result = _failure_status(exc), f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:500]}", None
     row = trial_row(spec, result, status=status, error=error, attempts=attempts, data=context["data"], node=node,
-                    device=device, start_time=start, end_time=datetime.now(timezone.utc), provenance=context["provenance"])
+                    worker=worker, device=device, start_time=start, end_time=datetime.now(timezone.utc), provenance=context["provenance"])
     if result is not None and result.model_sha256:  # the model goes into the run's storage before its row is written
         row["model_file"] = RunStore(*context["results"].rsplit("/", 1)).write_model(spec.trial_id, model_file)
     if model_file:

@@ -64,7 +64,7 @@ class TrialResult:
     # None without cached features (LeNet, feature_cache=False).
     feature_source: str | None = None
     shared_feature_seconds: float | None = None
-    peak_rss_bytes: int | None = None  # the trial process's peak resident memory, at its end
+    peak_rss_bytes: int | None = None  # the trial process's peak resident memory while this trial ran (Linux)
     resumed_from_epoch: int | None = None  # the checkpoint's epoch this trial resumed from (None: ran from the start)
     model_bytes: int | None = None  # the .keras file `save_model` wrote (None: none written)
     model_sha256: str | None = None
@@ -118,16 +118,20 @@ def run_trial(
     if data.image_size != config.image_size:
         raise ValueError(f"data prepared at {data.image_size}px but the config asks for {config.image_size}px")
     backend.configure(cpus, gpu_share, use_gpu)
-    keras.utils.set_random_seed(config.seed)
-    built = build(config, data.num_classes)
-    saves = on_checkpoint is not None and not config.early_stop
-    recorder = _EpochRecorder(on_epoch, on_checkpoint if saves else None, checkpoint_seconds, config.planned_epochs)
-    trial = _Trial(config, data, built, recorder, resume)
-    PHASE_RUNNERS[config.model](trial, features)
-    result = trial.finish()
-    if save_model and result.status == "ok":
-        for_inference(built).save(save_model)
-        result.model_bytes, result.model_sha256 = os.path.getsize(save_model), file_sha256(save_model)
+    # A worker may run trial after trial (the sweep reuses them): each starts blank and seeded, leaves nothing
+    # behind, and measures its own peak memory.
+    with backend.trial_scope():
+        reset_peak_rss()
+        keras.utils.set_random_seed(config.seed)
+        built = build(config, data.num_classes)
+        saves = on_checkpoint is not None and not config.early_stop
+        recorder = _EpochRecorder(on_epoch, on_checkpoint if saves else None, checkpoint_seconds, config.planned_epochs)
+        trial = _Trial(config, data, built, recorder, resume)
+        PHASE_RUNNERS[config.model](trial, features)
+        result = trial.finish()
+        if save_model and result.status == "ok":
+            for_inference(built).save(save_model)
+            result.model_bytes, result.model_sha256 = os.path.getsize(save_model), file_sha256(save_model)
     return result
 
 
@@ -140,8 +144,19 @@ def prepare_features(config: TrialConfig | Mapping[str, Any], data: BeansData, *
     return compute_features(build(config, data.num_classes).features, config, data)
 
 
+def reset_peak_rss() -> bool:
+    """Restart this process's peak resident memory count from its current size (Linux); returns whether it could.
+    Elsewhere the peak stays the process's lifetime peak, which on a reused worker covers its earlier trials too."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # 5: reset the peak RSS ("high water mark") to the current RSS; getrusage reads the same
+        return True
+    except OSError:
+        return False
+
+
 def peak_rss_bytes() -> int:
-    """This process's peak resident memory so far, in bytes (a Ray trial runs in a process of its own)."""
+    """This process's peak resident memory since it started or since reset_peak_rss(), in bytes."""
     import resource
     import sys
 

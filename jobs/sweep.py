@@ -5,7 +5,7 @@
         [--results DIR] [--name RUN] [--address ADDR] [--cpus-per-trial N]
         [--gpus-per-trial F] [--max-concurrent N] [--retries N] [--per-class N] [--early-stop PATIENCE]
         [--scheduler fifo|asha] [--backend tensorflow|jax|torch] [--checkpoint-seconds S]
-        [--keep-models best|all|none] [--dry-run] [--verbose]
+        [--keep-models best|all|none] [--fresh-workers] [--dry-run] [--verbose]
 """
 
 from __future__ import annotations
@@ -49,6 +49,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--keep-models", choices=["best", "all", "none"], default="best",
                    help="trained models kept under RESULTS/RUN/models as .keras files: best (default: each factor's and "
                         "family's choice on validation, once the run is complete) | all | none")
+    p.add_argument("--fresh-workers", action="store_true",
+                   help="a new worker process for every trial (default: a worker runs trial after trial, warm; fresh "
+                        "workers cost a few seconds per trial, and give each trial's peak memory alone)")
     p.add_argument("--dry-run", action="store_true", help="print the trial table and exit without training")
     p.add_argument("--verbose", action="store_true", help="also show Ray Tune's status tables and the workers' output")
     return p.parse_args(argv)

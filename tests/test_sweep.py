@@ -265,6 +265,25 @@ def resumed_and_clean(local_ray, tmp_path_factory):
     return root / "killed" / "resume", root / "clean" / "resume"
 
 
+def test_a_warm_worker_runs_its_next_trial_exactly_as_a_fresh_worker_does(resumed_and_clean, monkeypatch, tmp_path):
+    """One trial at a time: both trials run in one worker process, one after the other. The second gives, epoch by
+    epoch, the numbers it gave in a worker of its own (the clean sweep, two trials at once on two CPUs)."""
+    _, clean = resumed_and_clean
+    monkeypatch.setitem(studies.STUDIES, "resume", RESUME)
+    run_sweep(SweepOptions(study="resume", data="synthetic", results=str(tmp_path), checkpoint_seconds=0, max_concurrent=1),
+              out=lambda line: None)
+    warm, fresh = (pd.read_parquet(run / "trials").set_index("trial_id") for run in (tmp_path / "resume", clean))
+    assert warm["worker_pid"].nunique() == 1 and sorted(warm["worker_trial"]) == [1, 2]
+    assert fresh["worker_pid"].nunique() == 2 and set(fresh["worker_trial"]) == {1}
+    second = warm["worker_trial"].idxmax()
+    epochs = {run: pd.read_parquet(run / "epochs").set_index("trial_id").loc[[second]].sort_values("epoch")
+              for run in (tmp_path / "resume", clean)}
+    metrics = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy"]
+    assert (epochs[tmp_path / "resume"][metrics].to_numpy() == epochs[clean][metrics].to_numpy()).all()
+    assert warm.loc[second, "test_accuracy"] == fresh.loc[second, "test_accuracy"]
+    assert [list(r) for r in warm.loc[second, "confusion_matrix"]] == [list(r) for r in fresh.loc[second, "confusion_matrix"]]
+
+
 def test_a_worker_killed_mid_trial_resumes_from_its_checkpoint_as_if_never_stopped(resumed_and_clean):
     killed, clean = resumed_and_clean
     rows = {run: pd.read_parquet(run / "trials").set_index("setting") for run in (killed, clean)}

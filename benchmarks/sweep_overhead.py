@@ -1,0 +1,81 @@
+"""How much of a sweep's wall is not training: the `seed` study at 128px, as a user runs it, warm or fresh workers.
+
+    python -m benchmarks.sweep_overhead --data PATH/TO/beans --weights PATH/TO/base.weights.h5 [--fresh-workers]
+
+It runs `python -m jobs.sweep --study seed --image-size 128` in a new process (into a temporary results folder)
+and times it from start to exit, then reads the trials' rows. Training is what the rows count as such: each
+trial's train_seconds (its epochs, and cached activations it computed) plus the sweep's one shared computation of
+Inception's base features. With S trials at once (the most that overlapped), the time outside training is
+S x wall - training, in trial-slot seconds, and its share of S x wall is the figure the target is on (<= 5%).
+It is split into: before the first trial starts (Python, Ray, data, the first worker), gaps between one trial's
+end and the next trial's start in a slot (a new worker, or a warm one), inside trials outside training (building,
+compiling, testing, saving the model), idle slots once the last trials run alone, and after the last trial.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import pandas as pd
+
+
+def breakdown(trials: pd.DataFrame, started: float, ended: float) -> dict:
+    """The sweep's time outside training, in trial-slot seconds, from its rows and its process's start and end."""
+    t = trials.assign(start=trials["start_time"].map(lambda v: v.timestamp()), end=trials["end_time"].map(lambda v: v.timestamp()))
+    t = t.sort_values("start")
+    slots = max(sum((t["start"] <= s) & (t["end"] > s)) for s in t["start"])  # the most trials at once
+    free: list[float] = [started] * slots  # when each slot last became free
+    first_start, gaps = {}, 0.0
+    for _, row in t.iterrows():  # each trial takes the slot that has been free longest
+        slot = min(range(slots), key=lambda i: free[i])
+        if free[slot] == started:
+            first_start[slot] = row["start"] - started
+        else:
+            gaps += row["start"] - free[slot]
+        free[slot] = row["end"]
+    last_end = max(free)
+    features = t["shared_feature_seconds"].dropna()
+    training = float(t["train_seconds"].sum() + (features.iloc[0] if len(features) else 0.0))
+    wall = ended - started
+    inside = float((t["end"] - t["start"] - t["train_seconds"]).sum())
+    figures = {
+        "trials": len(t), "slots": slots, "wall_s": wall, "training_slot_s": training,
+        "before_first_trial_s": sum(first_start.values()), "gaps_between_trials_s": gaps,
+        "inside_trials_outside_training_s": inside, "idle_slots_at_the_end_s": sum(last_end - f for f in free),
+        "after_last_trial_s": slots * (ended - last_end),
+        "features_s": float(features.iloc[0]) if len(features) else 0.0,
+    }
+    figures["outside_training_slot_s"] = slots * wall - training
+    figures["outside_training_share"] = figures["outside_training_slot_s"] / (slots * wall)
+    return figures
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", required=True, help="the beans folder (split/class/*.jpg)")
+    p.add_argument("--weights", required=True, help="the Inception-v3 base weights file")
+    p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--fresh-workers", action="store_true", help="a new worker process per trial (as before warm workers)")
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory(prefix="beanlib-overhead-") as results:
+        command = [sys.executable, "-m", "jobs.sweep", "--study", "seed", "--image-size", str(args.image_size),
+                   "--data", args.data, "--weights", args.weights, "--results", results, "--name", "seed",
+                   "--keep-models", "best", *(["--fresh-workers"] if args.fresh_workers else [])]
+        started = time.time()
+        subprocess.run(command, check=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        ended = time.time()
+        trials = pd.read_parquet(os.path.join(results, "seed", "trials"))
+    figures = {"workers": "fresh" if args.fresh_workers else "warm", **breakdown(trials, started, ended)}
+    for name, value in figures.items():
+        print(f"{name:34s} {value:.3f}" if isinstance(value, float) else f"{name:34s} {value}")
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
