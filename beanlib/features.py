@@ -68,16 +68,25 @@ def features_key(config: TrialConfig, data: BeansData) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
-def compute_features(features_model, config: TrialConfig, data: BeansData, *, cache_dir: str | os.PathLike | None = None) -> Features:
-    """The pooled features of every split under `features_model`, from memo, disk cache, or computed."""
+def cached_features(config: TrialConfig, data: BeansData, *, cache_dir: str | os.PathLike | None = None) -> Features | None:
+    """The features `compute_features` would give, when they are memoised or on disk already (nothing computed:
+    seconds 0); else None. Needs no model, so a sweep's driver can look before it starts a worker to compute them."""
     key = features_key(config, data)
     if key in _MEMO:
         return dataclasses.replace(_MEMO[key], seconds=0.0)
-    path = cache_path("features", key, cache_dir)
-    cached = read_npz(path)
-    if cached is not None:
-        _MEMO[key] = Features(key, cached, 0.0)
-        return _MEMO[key]  # read from disk: nothing computed
+    cached = read_npz(cache_path("features", key, cache_dir))
+    if cached is None:
+        return None
+    _MEMO[key] = Features(key, cached, 0.0)
+    return _MEMO[key]
+
+
+def compute_features(features_model, config: TrialConfig, data: BeansData, *, cache_dir: str | os.PathLike | None = None) -> Features:
+    """The pooled features of every split under `features_model`, from memo, disk cache, or computed."""
+    found = cached_features(config, data, cache_dir=cache_dir)
+    if found is not None:
+        return found
+    key, path = features_key(config, data), cache_path("features", features_key(config, data), cache_dir)
     start = time.perf_counter()
     splits = {
         s: np.asarray(predict_in_place(features_model, data.split(s).images), np.float32)

@@ -108,19 +108,16 @@ def classify(model: RunModel, files: list[Path], batch_size: int = 32) -> tuple[
 
 
 def write_predictions(rows: list[dict], out: str) -> None:
-    """The predictions as one Parquet file at `out`, written atomically (a temporary file renamed into place)."""
+    """The predictions as one Parquet file at `out` (a path or a URI), written whole or not at all."""
+    import pyarrow.fs as pafs
     import pyarrow.parquet as pq
 
-    folder = os.path.dirname(os.path.abspath(out))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".predictions-", suffix=".tmp", dir=folder)
-    os.close(fd)
-    try:
-        pq.write_table(pa.Table.from_pylist(rows, schema=PREDICTION_SCHEMA), tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        os.remove(tmp)
-        raise
+    from beanlib.results import write_atomically
+
+    fs, path = pafs.FileSystem.from_uri(out) if "://" in out else (pafs.LocalFileSystem(), os.path.abspath(out))
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    table = pa.Table.from_pylist(rows, schema=PREDICTION_SCHEMA)
+    write_atomically(fs, path, lambda stream: pq.write_table(table, stream))
 
 
 def _local(path: str) -> str:

@@ -344,25 +344,30 @@ class RunStore:
         self._write_stream(path, lambda out: out.write(payload))
 
     def _write_stream(self, path: str, write: Callable[[Any], None]) -> None:
-        """Atomic write of what `write(stream)` writes: on a local or mounted filesystem a hidden temporary file
-        renamed into place; on an object store a single upload, which is atomic already (a rename would copy)."""
-        folder = path.rsplit("/", 1)[0]
         try:
-            self.fs.create_dir(folder, recursive=True)
+            self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
         except OSError as error:
             raise BeanlibError(f"cannot write results under {self.uri} ({error}): pass a writable --results") from None
-        if not isinstance(self.fs, pafs.LocalFileSystem):
-            with self.fs.open_output_stream(path) as out:
-                write(out)
-            return
-        tmp = f"{folder}/.{path.rsplit('/', 1)[1]}.{uuid.uuid4().hex}.tmp"
-        try:
-            with self.fs.open_output_stream(tmp) as out:
-                write(out)
-            self.fs.move(tmp, path)
-        except BaseException:
-            self.fs.delete_file(tmp) if self.fs.get_file_info(tmp).type == pafs.FileType.File else None
-            raise
+        write_atomically(self.fs, path, write)
+
+
+def write_atomically(fs: pafs.FileSystem, path: str, write: Callable[[Any], None]) -> None:
+    """Write what `write(stream)` writes to `path` on `fs` whole or not at all: on a local or mounted filesystem a
+    hidden temporary file renamed into place; on an object store a single upload, which is atomic already (a rename
+    would copy). The folder must exist."""
+    if not isinstance(fs, pafs.LocalFileSystem):
+        with fs.open_output_stream(path) as out:
+            write(out)
+        return
+    folder, name = path.rsplit("/", 1)
+    tmp = f"{folder}/.{name}.{uuid.uuid4().hex}.tmp"
+    try:
+        with fs.open_output_stream(tmp) as out:
+            write(out)
+        fs.move(tmp, path)
+    except BaseException:
+        fs.delete_file(tmp) if fs.get_file_info(tmp).type == pafs.FileType.File else None
+        raise
 
 
 def _absolute(results: str) -> str:

@@ -76,10 +76,13 @@ def choose(rows: pd.DataFrame) -> object | None:
     """The index of the row (one per setting, with `setting_stats` columns) chosen on validation: highest mean
     validation accuracy, then lowest mean validation loss; None when no setting is eligible (ran in full, unpruned)."""
     eligible = rows[(rows["n"] > 0) & ~rows["survivors_only"].astype(bool) & rows["val_accuracy"].notna()]
-    if eligible.empty:
-        return None
-    return eligible.assign(_loss=eligible["val_loss"].fillna(math.inf)).sort_values(
-        ["val_accuracy", "_loss"], ascending=[False, True], kind="stable").index[0]
+    return None if eligible.empty else _by_validation(eligible).index[0]
+
+
+def _by_validation(rows: pd.DataFrame, *then: str) -> pd.DataFrame:
+    """`rows` best first on validation: highest accuracy, then lowest loss (a missing one last), then `then`."""
+    return rows.assign(_loss=rows["val_loss"].fillna(math.inf)).sort_values(
+        ["val_accuracy", "_loss", *then], ascending=[False, True, *(True for _ in then)], kind="stable")
 
 
 def family_choice(trials: pd.DataFrame, model: str) -> pd.DataFrame:
@@ -101,9 +104,7 @@ def best_run(runs: pd.DataFrame) -> str | None:
         ok = ok[ok["model_file"].notna()]
     if ok.empty:
         return None
-    ordered = ok.assign(_loss=ok["val_loss"].fillna(math.inf)).sort_values(
-        ["val_accuracy", "_loss", "repeat"], ascending=[False, True, True], kind="stable")
-    return str(ordered["trial_id"].iloc[0])
+    return str(_by_validation(ok, "repeat")["trial_id"].iloc[0])
 
 
 def winners(trials: pd.DataFrame) -> dict[str, str]:

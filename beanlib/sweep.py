@@ -250,27 +250,33 @@ def _resources(opts: SweepOptions, has_gpus: bool) -> dict[str, dict[str, float]
 
 
 def _shared_features(todo: list[TrialSpec], data: dict, resources: dict, out: Callable[[str], None]) -> dict:
-    """Inception base features, computed once per (weights, size, data) in a Ray task, for every trial to share."""
-    from beanlib.features import features_key
+    """Inception base features, computed once per (weights, size, data) in a Ray task, for every trial to share;
+    read from this machine's cache instead where they are there (no worker to start, no model to build)."""
+    from beanlib.features import cached_features, features_key
 
-    wanted = {}
+    wanted, features = {}, {}
     for spec in todo:
         c = spec.config
         if c.model == "inception" and c.feature_cache:
             wanted.setdefault(features_key(c, data[c.image_size]), spec)
+    for key, spec in list(wanted.items()):
+        if (found := cached_features(spec.config, data[spec.config.image_size])) is not None:
+            features[key] = found
+            del wanted[key]
+    if features:
+        out(f"inception base features: {len(features)} set(s) read from the cache, shared by the trials")
     if not wanted:
-        return {}
+        return features
     compute = ray.remote(_compute_features).options(num_cpus=resources["inception"]["cpu"], num_gpus=resources["inception"]["gpu"])
     refs = {key: compute.remote(spec.config.to_dict(), data[spec.config.image_size], resources["inception"]["cpu"], backend.current())
             for key, spec in wanted.items()}
     started = time.perf_counter()
-    features = {}
     for key, ref in refs.items():
         try:
             features[key] = ray.get(ref)
         except Exception as error:  # e.g. no network for the ImageNet weights: each trial then fails on its own, recorded
             out(f"inception base features for {wanted[key].setting} failed ({type(error).__name__}): its trials will compute their own")
-    out(f"inception base features: {len(features)} set(s) computed once in {time.perf_counter() - started:.0f}s, shared by the trials")
+    out(f"inception base features: {sum(key in features for key in refs)} set(s) computed once in {time.perf_counter() - started:.0f}s, shared by the trials")
     return features
 
 

@@ -10,6 +10,8 @@ S x wall - training, in trial-slot seconds, and its share of S x wall is the fig
 It is split into: before the first trial starts (Python, Ray, data, the first worker), gaps between one trial's
 end and the next trial's start in a slot (a new worker, or a warm one), inside trials outside training (building,
 compiling, testing, saving the model), idle slots once the last trials run alone, and after the last trial.
+Compare runs with the same caches: the first sweep on a machine decodes the images and computes the base
+features (it shows features_s > 0), later ones read both from $BEANLIB_CACHE.
 """
 
 from __future__ import annotations
@@ -62,8 +64,10 @@ def main() -> None:
     p.add_argument("--weights", required=True, help="the Inception-v3 base weights file")
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--fresh-workers", action="store_true", help="a new worker process per trial (as before warm workers)")
+    p.add_argument("--results", help="keep the run in this (new) results folder (default: a temporary one)")
     args = p.parse_args()
-    with tempfile.TemporaryDirectory(prefix="beanlib-overhead-") as results:
+    with tempfile.TemporaryDirectory(prefix="beanlib-overhead-") as scratch:
+        results = args.results or scratch
         command = [sys.executable, "-m", "jobs.sweep", "--study", "seed", "--image-size", str(args.image_size),
                    "--data", args.data, "--weights", args.weights, "--results", results, "--name", "seed",
                    "--keep-models", "best", *(["--fresh-workers"] if args.fresh_workers else [])]
