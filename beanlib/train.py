@@ -190,6 +190,7 @@ class _Trial:
         recorder.save = self.save
         if resume is not None:
             checkpoint.assign(built.model.variables, resume.variables, "model variables")
+            resume.variables = []  # assigned: not held for the rest of the trial (0.1 GiB for Inception-v3)
             recorder.history = list(resume.history)
             for name in self.COUNTERS:
                 setattr(self, name, resume.counters.get(name, getattr(self, name)))
@@ -209,6 +210,7 @@ class _Trial:
             initial_epoch = self.resume.epoch
             model.optimizer.build(model.trainable_variables)
             checkpoint.assign(model.optimizer.variables, self.resume.optimizer, "optimizer variables")
+            self.resume.optimizer = []
         self.trainable_params = count_params(model.trainable_weights)
         self.recorder.phase = phase
         size = self.config.batch_size

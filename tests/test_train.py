@@ -101,6 +101,25 @@ def test_each_trial_measures_its_own_peak_memory(tiny_synthetic):
     assert 0 < result.peak_rss_bytes < with_ballast - 256 * 2**20  # the trial's own peak, not the process's
 
 
+def test_a_trial_resumed_in_process_trains_as_if_never_stopped_and_lets_go_of_the_checkpoint(tiny_synthetic):
+    from beanlib import checkpoint
+
+    config = lenet_config(epochs=4, regularizer="dropout", reg_strength=0.3)
+    saved = {}
+
+    def keep(record, directory):
+        saved[record["epoch"]] = checkpoint.load(directory)
+
+    whole = run_trial(config, tiny_synthetic, on_checkpoint=keep, checkpoint_seconds=0)
+    state = saved[2]
+    resumed = run_trial(config, tiny_synthetic, resume=state)
+    assert resumed.resumed_from_epoch == 2 and [r["epoch"] for r in resumed.history] == [1, 2, 3, 4]
+    metrics = ("loss", "accuracy", "val_loss", "val_accuracy")
+    assert [[r[m] for m in metrics] for r in resumed.history] == [[r[m] for m in metrics] for r in whole.history]
+    assert resumed.test_accuracy == whole.test_accuracy
+    assert state.variables == [] and state.optimizer == []  # assigned, then not held for the rest of the trial
+
+
 # A trial's threads are fixed once per process, so each thread count gets its own process.
 THREADED_TRIAL = """
 import json, sys
