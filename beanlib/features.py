@@ -86,7 +86,8 @@ def compute_features(features_model, config: TrialConfig, data: BeansData, *, ca
     found = cached_features(config, data, cache_dir=cache_dir)
     if found is not None:
         return found
-    key, path = features_key(config, data), cache_path("features", features_key(config, data), cache_dir)
+    key = features_key(config, data)
+    path = cache_path("features", key, cache_dir)
     start = time.perf_counter()
     splits = {
         s: np.asarray(predict_in_place(features_model, data.split(s).images), np.float32)
