@@ -237,7 +237,7 @@ class _Trial:
         """Write the trial's state after its latest epoch into `directory` (beanlib.checkpoint)."""
         history = self.recorder.history
         state = TrialState(self.recorder.phase, len(history), history, {name: getattr(self, name) for name in self.COUNTERS},
-                           checkpoint.values_of(self.built.model.variables), checkpoint.values_of(self.recorder.model.optimizer.variables))
+                           self.built.model.variables, self.recorder.model.optimizer.variables)  # copied one at a time
         checkpoint.save(directory, state)
 
     @property

@@ -1,13 +1,14 @@
 """Peak resident memory of a study's trials, each alone in a fresh process (as a Ray trial runs), with its seconds.
 
     python -m benchmarks.trial_memory --data PATH [--study seed] [--image-size 299] [--epochs 1]
-        [--only SETTING ...] [--weights PATH] [--limit-gib 4]
+        [--only SETTING ...] [--weights PATH] [--limit-gib 4] [--checkpoint]
 
 Every setting of the study (or those named by --only) runs `epochs` epochs (and as many fine-tune epochs) on one
 CPU thread in a child process that loads the prepared data from the cache, trains, evaluates, and reports its peak
 resident memory (`beanlib.train.peak_rss_bytes`, what the sweep's rows record). Memory does not grow with epochs
 (every epoch reuses the same buffers), so one epoch measures a 20-epoch trial's peak. Prints one line per
-setting and the largest (overall and LeNet's), against --limit-gib.
+setting and the largest (overall and LeNet's), against --limit-gib. With --checkpoint each trial also writes a
+checkpoint after every epoch but the last, as a sweep's trial does (so --epochs 2 or more), and the peak includes it.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ backend.choose(None)
 backend.configure(1)
 from beanlib.data import load_beans
 from beanlib.train import run_trial
-config, data, per_class = json.loads(sys.argv[1]), sys.argv[2], (int(sys.argv[3]) or None)
-result = run_trial(config, load_beans(data, config["image_size"], per_class), cpus=1)
+config, data, per_class, saves = json.loads(sys.argv[1]), sys.argv[2], (int(sys.argv[3]) or None), sys.argv[4] == "1"
+hook = (lambda record, directory: None) if saves else None  # the checkpoint is written into a directory, then dropped
+result = run_trial(config, load_beans(data, config["image_size"], per_class), cpus=1, on_checkpoint=hook)
 print(json.dumps({"peak_rss_bytes": result.peak_rss_bytes, "train_seconds": result.train_seconds,
                   "test_accuracy": result.test_accuracy, "trainable_params": result.trainable_params}))
 """
@@ -42,6 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--only", nargs="*", help="settings to run (default: every setting of the study)")
     p.add_argument("--per-class", type=int, default=0, help="images per class per split (default: all)")
     p.add_argument("--limit-gib", type=float, default=4.0)
+    p.add_argument("--checkpoint", action="store_true", help="write a checkpoint after each epoch but the last")
     args = p.parse_args(argv)
     from beanlib.data import load_beans
     from beanlib.studies import plan
@@ -49,11 +52,15 @@ def main(argv: list[str] | None = None) -> None:
     overrides = {"image_size": args.image_size, "epochs": args.epochs, "fine_tune_epochs": args.epochs, "weights": args.weights}
     specs = [s for s in plan(args.study, overrides=overrides) if not args.only or s.setting in args.only]
     load_beans(args.data, args.image_size, args.per_class or None)  # decoded once, into the cache the children read
-    print(f"{args.study} at {args.image_size}px, {args.epochs} epoch(s), one CPU thread, one fresh process per trial")
+    if args.checkpoint and args.epochs < 2:
+        p.error("--checkpoint needs --epochs 2 or more: a trial writes no checkpoint after its last epoch")
+    saving = ", a checkpoint after each epoch but the last" if args.checkpoint else ""
+    print(f"{args.study} at {args.image_size}px, {args.epochs} epoch(s){saving}, one CPU thread, one fresh process per trial")
     peaks = {}
     for spec in specs:
         started = time.perf_counter()
-        done = subprocess.run([sys.executable, "-c", CHILD, json.dumps(spec.config.to_dict()), args.data, str(args.per_class)],
+        done = subprocess.run([sys.executable, "-c", CHILD, json.dumps(spec.config.to_dict()), args.data, str(args.per_class),
+                               str(int(args.checkpoint))],
                               capture_output=True, text=True)
         if done.returncode != 0:
             print(f"{spec.setting:28s} failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")

@@ -218,7 +218,7 @@ def test_rows_outside_the_current_plan_are_left_out_and_named(tmp_path):
     RunStore(str(tmp_path), "constructed").write_trial(trial_row(stale, _one_result(0.1), status="ok", data="synthetic"), [])
     report = build_report(str(root))
     assert report.summary.set_index("setting").loc["kernel_size=3", "n"] == 3
-    assert f"**Left out**: 1 trial rows are not in the run's current plan" in (root / "report" / "report.md").read_text()
+    assert "**Left out**: 1 trial rows are not in the run's current plan" in (root / "report" / "report.md").read_text()
 
 
 def _one_result(acc):

@@ -120,6 +120,33 @@ def test_a_trial_resumed_in_process_trains_as_if_never_stopped_and_lets_go_of_th
     assert state.variables == [] and state.optimizer == []  # assigned, then not held for the rest of the trial
 
 
+def test_a_checkpoint_copies_one_variable_to_host_at_a_time(tmp_path):
+    """checkpoint.save streams: a trial's peak grows by one variable's copy, not by its model's and optimizer's."""
+    import tracemalloc
+
+    from beanlib import checkpoint
+
+    class Variable:  # what save needs of a Keras variable: .numpy() hands back a new host copy of its value
+        def __init__(self, value: int):
+            self.value, self.shape = value, (2**20,)
+
+        def numpy(self):
+            return np.full(self.shape, self.value, np.float64)  # 8 MiB
+
+    variables, optimizer = [Variable(i) for i in range(8)], [Variable(-i) for i in range(4)]
+    tracemalloc.start()
+    try:
+        checkpoint.save(str(tmp_path), checkpoint.TrialState("train", 3, [], {}, variables, optimizer))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 3 * 8 * 2**20  # 96 MiB copied in all; at a time, one variable (and NumPy's bytes of it as written)
+    state = checkpoint.load(str(tmp_path))
+    assert [a.tolist() == [i] * 2**20 for i, a in enumerate(state.variables)] == [True] * 8
+    with np.load(tmp_path / checkpoint.OPTIMIZER) as npz:  # np.savez's layout: plain NumPy reads it
+        assert [float(npz[f"arr_{i}"][0]) for i in range(4)] == [0.0, -1.0, -2.0, -3.0]
+
+
 # A trial's threads are fixed once per process, so each thread count gets its own process.
 THREADED_TRIAL = """
 import json, sys
