@@ -17,6 +17,7 @@ features (it shows features_s > 0), later ones read both from $BEANLIB_CACHE.
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import subprocess
@@ -58,6 +59,35 @@ def breakdown(trials: pd.DataFrame, started: float, ended: float) -> dict:
     return figures
 
 
+def inside_trials(run: str, trials: pd.DataFrame) -> dict:
+    """Where a trial's time outside training goes, in seconds summed over the trials, from Ray Tune's own record of
+    each report (RUN/tune/EXPERIMENT/TRIAL/result.json: time_total_s since the trial started) and the epochs' seconds:
+    before its first reported epoch (worker set-up, data, building the model, base features), between reported epochs
+    (checkpoints, a phase switch and its cached activations), and after the last reported one (its last epoch is
+    reported with the final result: the last epoch's own seconds are taken off, leaving testing and saving)."""
+    epochs = pd.read_parquet(os.path.join(run, "epochs")).set_index(["trial_id", "epoch"])["seconds"]
+    whole = set(trials.loc[trials["resumed_from_epoch"].isna(), "trial_id"])  # a resumed trial's record starts midway
+    parts = {"before_first_epoch_s": 0.0, "between_epochs_s": 0.0, "after_last_epoch_s": 0.0, "worst_between_s": 0.0}
+    for path in glob.glob(os.path.join(run, "tune", "*", "*", "result.json")):
+        trial_id = os.path.basename(os.path.dirname(path))
+        reports = [json.loads(line) for line in open(path)]
+        done = [r for r in reports if r.get("finished") == 1]
+        if not done or trial_id not in whole:
+            continue
+        marks = [(r["epoch"], r["time_total_s"]) for r in reports if r.get("finished") == 0]
+        marks.append((done[-1]["epoch"], done[-1]["time_total_s"]))
+        previous_epoch, previous_time = 0, 0.0
+        for i, (epoch, at) in enumerate(marks):
+            trained = sum(epochs.get((trial_id, e), 0.0) for e in range(previous_epoch + 1, epoch + 1))
+            part = ("before_first_epoch_s" if i == 0 else "after_last_epoch_s" if i == len(marks) - 1 else "between_epochs_s")
+            parts[part] += at - previous_time - trained
+            if part == "between_epochs_s":
+                parts["worst_between_s"] = max(parts["worst_between_s"], at - previous_time - trained)
+            previous_epoch, previous_time = epoch, at
+    parts["trials_own_features_s"] = float(trials.loc[trials["trial_id"].isin(whole), "feature_seconds"].sum())  # training,
+    return parts  # counted before the first epoch (base features) and between phases (cached activations)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True, help="the beans folder (split/class/*.jpg)")
@@ -75,7 +105,8 @@ def main() -> None:
         subprocess.run(command, check=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         ended = time.time()
         trials = pd.read_parquet(os.path.join(results, "seed", "trials"))
-    figures = {"workers": "fresh" if args.fresh_workers else "warm", **breakdown(trials, started, ended)}
+        inside = inside_trials(os.path.join(results, "seed"), trials)
+    figures = {"workers": "fresh" if args.fresh_workers else "warm", **breakdown(trials, started, ended), **inside}
     for name, value in figures.items():
         print(f"{name:34s} {value:.3f}" if isinstance(value, float) else f"{name:34s} {value}")
     print(json.dumps(figures))
