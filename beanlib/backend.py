@@ -190,7 +190,13 @@ def _tf_batches(x, y, batch_size: int, shuffle_seed: int | None, start_epoch: in
     stream = tf.data.Dataset.range(start_epoch, 2**62 if endless else start_epoch + 1).flat_map(one_epoch)  # lazily
     if not endless:  # flat_map hides the length, and Keras warns of data run out where it does not know it
         stream = stream.apply(tf.data.experimental.assert_cardinality(steps(count, batch_size)))
-    return stream.map(batch).prefetch(tf.data.AUTOTUNE)
+    # No autotuning: it runs threads of its own (tests/test_backends.py counts them), which deleting the iterator
+    # joins, at the end of `fit`; in Ray workers that wait took 5-35 s at the end of about one phase in three (py-spy:
+    # ~RootDataset::Iterator waiting in ~LogicalThreadWrapper). Two batches ready ahead are enough: one is
+    # gathered in milliseconds, a training step takes far longer.
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return stream.map(batch).prefetch(2).with_options(options)
 
 
 # Of a trial's GPU share, what its allocator may hold: the CUDA context and XLA's scratch space live outside it.

@@ -15,9 +15,9 @@ import itertools
 import json
 import logging
 import os
-import shutil
 import tempfile
 import time
+import uuid
 from datetime import datetime, timezone
 from typing import Any, Callable
 
@@ -309,7 +309,10 @@ def _trainable(config: dict, data: dict, features: dict, context: dict) -> None:
     trial_data = data[spec.config.image_size]
     shared = features.get(features_key(spec.config, trial_data)) if spec.config.model == "inception" else None
     resume = _resume_state(context["earlier"].get(spec.trial_id))
-    model_file = os.path.join(tempfile.mkdtemp(prefix="beanlib-model-"), f"{spec.trial_id}.keras") if context["keep_models"] else None
+    # A file name only: the file exists from the trial's end until its copy into the run, so a worker killed
+    # mid-trial leaves nothing behind in the temporary folder (a folder made at the start was left there).
+    model_file = os.path.join(tempfile.gettempdir(), f"beanlib-model-{uuid.uuid4().hex[:12]}-{spec.trial_id}.keras"
+                              ) if context["keep_models"] else None
     planned = spec.config.planned_epochs
 
     crash_at = next((int(f.rsplit("@", 1)[1]) for f in context["inject_fault"] if f.startswith(f"{spec.setting}:crash@")), None)
@@ -344,8 +347,8 @@ def _trainable(config: dict, data: dict, features: dict, context: dict) -> None:
                     worker=worker, device=device, start_time=start, end_time=datetime.now(timezone.utc), provenance=context["provenance"])
     if result is not None and result.model_sha256:  # the model goes into the run's storage before its row is written
         row["model_file"] = RunStore(*context["results"].rsplit("/", 1)).write_model(spec.trial_id, model_file)
-    if model_file:
-        shutil.rmtree(os.path.dirname(model_file), ignore_errors=True)
+    if model_file and os.path.exists(model_file):
+        os.remove(model_file)
     last = result.history[-1] if result and result.history else {"epoch": 0, "val_accuracy": 0.0}  # for a scheduler
     tune.report({"finished": 1, "status": status, "test_accuracy": row.get("test_accuracy"),
                  "epoch": last["epoch"], "val_accuracy": last["val_accuracy"],

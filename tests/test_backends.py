@@ -11,6 +11,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -135,6 +136,30 @@ def test_both_pipelines_give_each_epoch_the_order_of_its_seed_and_number_and_sta
     assert images.shape == (8, 2, 1) and (images.numpy()[:, 0, 0] == labels.numpy()).all()  # images stay with labels
     assert [b[1].numpy().tolist() for b in _tf_batches(x, y, 50, None)] == [list(range(50)), list(range(50, 100)), [100, 101, 102]]
 
+
+def test_tensorflows_pipeline_runs_without_autotunings_threads():
+    """The claim in beanlib.backend._tf_batches: tf.data's autotuning starts threads of its own with an iterator
+    (which deleting the iterator must join), and the training pipeline starts none of them."""
+    import tensorflow as tf
+
+    from beanlib.backend import _tf_batches
+
+    def threads_of(dataset) -> int:
+        before = len(os.listdir("/proc/self/task"))
+        iterator = iter(dataset)
+        next(iterator)
+        time.sleep(0.5)  # the iterator's threads start as it runs
+        count = len(os.listdir("/proc/self/task")) - before
+        del iterator
+        return count
+
+    if not os.path.isdir("/proc/self/task"):
+        pytest.skip("counting a process's threads needs Linux's /proc")
+    x, y = np.zeros((64, 2), np.float32), np.arange(64)
+    ours = threads_of(_tf_batches(x, y, 8, shuffle_seed=1, endless=True))
+    options = tf.data.Options()
+    options.autotune.enabled = True  # a later with_options overrides the pipeline's own
+    assert threads_of(_tf_batches(x, y, 8, shuffle_seed=1, endless=True).with_options(options)) > ours
 
 def test_pydataset_batches_cover_every_image_each_epoch_reshuffled_from_the_seed():
     from beanlib.backend import _pydataset_batches

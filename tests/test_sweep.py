@@ -1,5 +1,8 @@
 """The sweep on an embedded local Ray: every trial once in Parquet, an injected fault recorded, re-runs resume."""
 
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -255,6 +258,7 @@ def resumed_and_clean(local_ray, tmp_path_factory):
     """The RESUME study twice: once with kernel_size=3's worker killed after epoch 2 (models: best), once not (all)."""
     root = tmp_path_factory.mktemp("resume")
     studies.STUDIES["resume"] = RESUME
+    before = set(Path(tempfile.gettempdir()).glob("beanlib-model-*"))
     try:
         run_sweep(SweepOptions(study="resume", data="synthetic", results=str(root / "killed"), checkpoint_seconds=0,
                                inject_fault=("kernel_size=3:crash@2",)), out=lambda line: None)
@@ -262,7 +266,15 @@ def resumed_and_clean(local_ray, tmp_path_factory):
                                keep_models="all"), out=lambda line: None)
     finally:
         del studies.STUDIES["resume"]
+    # What those sweeps left in the temporary folder: their trials' model files, or a model folder (beanlib made one
+    # per trial until a killed worker was found to leave it behind; other sweeps running on this machine make none).
+    ids = set(pd.read_parquet(root / "killed" / "resume" / "trials")["trial_id"])
+    TEMP_LEFT[:] = sorted(p.name for p in set(Path(tempfile.gettempdir()).glob("beanlib-model-*")) - before
+                          if p.is_dir() or any(i in p.name for i in ids))
     return root / "killed" / "resume", root / "clean" / "resume"
+
+
+TEMP_LEFT: list[str] = []
 
 
 def test_a_warm_worker_runs_its_next_trial_exactly_as_a_fresh_worker_does(resumed_and_clean, monkeypatch, tmp_path):
@@ -300,6 +312,8 @@ def test_a_worker_killed_mid_trial_resumes_from_its_checkpoint_as_if_never_stopp
     assert resumed["test_accuracy"] == rows[clean].loc["kernel_size=3", "test_accuracy"]
     # A finished trial's checkpoints are gone: disk holds checkpoints of running trials only.
     assert not list((killed / "tune").rglob("checkpoint_*")) and not list((clean / "tune").rglob("checkpoint_*"))
+    # Nor does the temporary folder keep a model file or folder of theirs, the killed worker's included.
+    assert TEMP_LEFT == []
 
 
 def test_models_are_kept_as_the_option_says_and_named_in_their_rows(resumed_and_clean):
