@@ -10,6 +10,8 @@ S x wall - training, in trial-slot seconds, and its share of S x wall is the fig
 It is split into: before the first trial starts (Python, Ray, data, the first worker), gaps between one trial's
 end and the next trial's start in a slot (a new worker, or a warm one), inside trials outside training (building,
 compiling, testing, saving the model), idle slots once the last trials run alone, and after the last trial.
+The time inside trials is split again, from Ray Tune's record of each report: before a trial's first epoch,
+between its epochs, after its last epoch (`inside_trials`; the trials' own feature seconds are training).
 Compare runs with the same caches: the first sweep on a machine decodes the images and computes the base
 features (it shows features_s > 0), later ones read both from $BEANLIB_CACHE.
 """
