@@ -72,7 +72,8 @@ def inside_trials(run: str, trials: pd.DataFrame) -> dict:
     parts = {"before_first_epoch_s": 0.0, "between_epochs_s": 0.0, "after_last_epoch_s": 0.0, "worst_between_s": 0.0}
     for path in glob.glob(os.path.join(run, "tune", "*", "*", "result.json")):
         trial_id = os.path.basename(os.path.dirname(path))
-        reports = [json.loads(line) for line in open(path)]
+        with open(path) as f:
+            reports = [json.loads(line) for line in f]
         done = [r for r in reports if r.get("finished") == 1]
         if not done or trial_id not in whole:
             continue
@@ -82,9 +83,10 @@ def inside_trials(run: str, trials: pd.DataFrame) -> dict:
         for i, (epoch, at) in enumerate(marks):
             trained = sum(epochs.get((trial_id, e), 0.0) for e in range(previous_epoch + 1, epoch + 1))
             part = ("before_first_epoch_s" if i == 0 else "after_last_epoch_s" if i == len(marks) - 1 else "between_epochs_s")
-            parts[part] += at - previous_time - trained
+            outside = at - previous_time - trained
+            parts[part] += outside
             if part == "between_epochs_s":
-                parts["worst_between_s"] = max(parts["worst_between_s"], at - previous_time - trained)
+                parts["worst_between_s"] = max(parts["worst_between_s"], outside)
             previous_epoch, previous_time = epoch, at
     parts["trials_own_features_s"] = float(trials.loc[trials["trial_id"].isin(whole), "feature_seconds"].sum())  # training,
     return parts  # counted before the first epoch (base features) and between phases (cached activations)

@@ -144,22 +144,32 @@ def test_tensorflows_pipeline_runs_without_autotunings_threads():
 
     from beanlib.backend import _tf_batches
 
-    def threads_of(dataset) -> int:
+    def threads_of(dataset, until=lambda count: False, wait: float = 1.0) -> int:
+        """Threads the process gained once the dataset's iterator runs, counted after `wait` seconds or as soon as
+        `until(count)` holds (threads start as the iterator runs: later on a loaded machine)."""
+        def gained() -> int:
+            return len(os.listdir("/proc/self/task")) - before
+
         before = len(os.listdir("/proc/self/task"))
         iterator = iter(dataset)
         next(iterator)
-        time.sleep(0.5)  # the iterator's threads start as it runs
-        count = len(os.listdir("/proc/self/task")) - before
+        deadline = time.monotonic() + wait
+        while not until(gained()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        count = gained()
         del iterator
         return count
 
     if not os.path.isdir("/proc/self/task"):
         pytest.skip("counting a process's threads needs Linux's /proc")
     x, y = np.zeros((64, 2), np.float32), np.arange(64)
+    threads_of(_tf_batches(x, y, 8, shuffle_seed=1, endless=True))  # TensorFlow's own pools start with its first one
     ours = threads_of(_tf_batches(x, y, 8, shuffle_seed=1, endless=True))
     options = tf.data.Options()
     options.autotune.enabled = True  # a later with_options overrides the pipeline's own
-    assert threads_of(_tf_batches(x, y, 8, shuffle_seed=1, endless=True).with_options(options)) > ours
+    autotuned = _tf_batches(x, y, 8, shuffle_seed=1, endless=True).with_options(options)
+    assert threads_of(autotuned, until=lambda count: count > ours, wait=10.0) > ours
+
 
 def test_pydataset_batches_cover_every_image_each_epoch_reshuffled_from_the_seed():
     from beanlib.backend import _pydataset_batches
