@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT = "tensorflow"
 _CONFIGURED: dict[str, Any] = {}  # what the first configure() in this process fixed
+_DEFERRED: dict[str, Any] = {}  # what configure_when_needed() asked for, until needed() applies it
 _DECODER_WITHOUT_GPUS: list[bool] = []  # whether decoder_tensorflow() has hidden GPUs from TensorFlow here
 
 
@@ -47,7 +48,11 @@ def choose(name: str | None = None) -> str:
 
 
 def current() -> str:
-    """The Keras backend of this process."""
+    """The Keras backend of this process. After choose(), read without importing Keras (a sweep's driver need not
+    start TensorFlow at all): Keras takes $KERAS_BACKEND over its config file, and choose() refuses to set it
+    once Keras is loaded with another."""
+    if "keras" not in sys.modules and os.environ.get("KERAS_BACKEND") in BACKENDS:
+        return os.environ["KERAS_BACKEND"]
     import keras
 
     return keras.backend.backend()
@@ -67,6 +72,19 @@ def configure(cpus: int | None = None, gpu_share: float = 1.0, use_gpu: bool = T
         return
     BACKENDS[name].configure(cpus, gpu_share, use_gpu)
     _CONFIGURED.update(backend=name, cpus=cpus, use_gpu=use_gpu)
+
+
+def configure_when_needed(cpus: int | None = None, gpu_share: float = 1.0, use_gpu: bool = True) -> None:
+    """configure() with these settings, put off until this process first needs its backend's runtime (`needed()`:
+    decoding images, checking a weights file). A sweep's driver whose data and weights check are cached then never
+    starts TensorFlow, which takes seconds and hundreds of MB (benchmarks/sweep_overhead.py)."""
+    _DEFERRED.update(cpus=cpus, gpu_share=gpu_share, use_gpu=use_gpu)
+
+
+def needed() -> None:
+    """Apply the settings configure_when_needed() put off, unless this process is set up already."""
+    if _DEFERRED and not _CONFIGURED:
+        configure(**_DEFERRED)
 
 
 def trial_scope() -> ContextManager:
@@ -103,6 +121,7 @@ def epoch_order(count: int, seed: int | None, epoch: int) -> np.ndarray:
 
 def decoder_tensorflow():
     """TensorFlow for decoding images (JPEG, TFDS). On another backend it only decodes: it gets no GPU."""
+    needed()  # a sweep's driver set itself up without GPUs, for when it decodes
     import tensorflow as tf
 
     if os.environ.get("KERAS_BACKEND", DEFAULT) != "tensorflow" and not _DECODER_WITHOUT_GPUS:

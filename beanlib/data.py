@@ -185,6 +185,7 @@ def _resolve(source: str, tfds_data_dir: str | None, seed: int) -> _Source:
 def _tfds_source(data_dir: str | None, seed: int, name: str = "beans") -> _Source:
     """A TFDS image-classification dataset (`tfds` is beans): its own splits, a missing validation or test split
     carved from train (per class, seeded, recorded). Class names come from its label feature."""
+    decoder_tensorflow()  # set up as this process wants it (a sweep's driver: no GPUs) before TFDS starts TensorFlow
     import tensorflow_datasets as tfds
 
     data_dir = data_dir or os.environ.get("TFDS_DATA_DIR")

@@ -53,7 +53,9 @@ def run_sweep(opts: SweepOptions, out: Callable[[str], None] = print, progress: 
     per_class = opts.per_class or study.per_class
     specs = [dataclasses.replace(s, per_class=per_class) for s in plan(study, repeats=opts.repeats, overrides=opts.overrides())]
     preflight.check_options(opts, specs)
-    backend.configure(use_gpu=False)  # the driver decodes images and checks weights; GPUs are for the trials
+    # The driver may decode images and check weights (TensorFlow), and needs no GPU for it: they are the trials'.
+    # Put off until then: with data, features and weights check cached, the driver never starts TensorFlow.
+    backend.configure_when_needed(use_gpu=False)
     bases = sorted({s.config.weights for s in specs if s.config.model == "inception"})
     for weights in bases:
         check_weights(weights)  # a wrong weights file stops here, in one line, before any data or result is written

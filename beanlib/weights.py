@@ -16,6 +16,7 @@ from beanlib.errors import BeanlibError
 
 IMAGENET, RANDOM = "imagenet", "none"
 CHECK_SIZE = 75  # smallest input Inception-v3 takes: the cheapest build that loads every weight
+CHECK_VERSION = 1  # what check_weights verifies: a change to it makes every file be checked again
 
 _SHA256: dict[tuple, str] = {}
 _LOADABLE: set[tuple[str, str]] = set()  # (content hash, file suffix) already checked in this process
@@ -95,13 +96,20 @@ def check_weights(weights: str | None) -> None:
     """Refuse, before any training, a weights file that would not load as an Inception-v3 no-top base, or that
     holds untrained weights (every BatchNorm statistic still at its initial 0 mean and 1 variance).
 
-    Loads it once at the smallest size (a few seconds); a file already checked in this process is not checked again.
+    Loads it once at the smallest size (a few seconds, and TensorFlow's start in a process that had no need of it);
+    a file that passed is not checked again: in this process, nor on this machine (a mark in the beanlib cache,
+    keyed by its content, the suffix Keras reads it by, and the Keras version).
     """
     if weights in (None, IMAGENET, RANDOM):
         return
     key = (weights_sha256(weights), "".join(os.path.basename(weights).partition(".")[1:]))  # Keras reads by suffix
-    if key in _LOADABLE:
+    mark = _checked_mark(*key)
+    if key in _LOADABLE or mark.exists():
+        _LOADABLE.add(key)
         return
+    from beanlib import backend
+
+    backend.needed()  # set up as this process wants it (a sweep's driver: no GPUs) before Keras starts its runtime
     import keras
     import numpy as np
 
@@ -113,3 +121,15 @@ def check_weights(weights: str | None) -> None:
         raise BeanlibError(f"{weights} holds untrained Inception-v3 weights (BatchNorm statistics at their initial "
                            "values): pass a pretrained file, or 'none' for a random-init base")
     _LOADABLE.add(key)
+    mark.parent.mkdir(parents=True, exist_ok=True)
+    mark.touch()  # empty: its name is the record
+
+
+def _checked_mark(sha256: str, suffix: str):
+    """The cache file whose presence says that a weights file of this content and suffix passed check_weights
+    under the installed Keras."""
+    from importlib.metadata import version
+
+    from beanlib.cache import default_cache_dir
+
+    return default_cache_dir() / "weights-checked" / f"{sha256}{suffix}-keras{version('keras')}-check{CHECK_VERSION}"

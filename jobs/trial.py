@@ -48,11 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     config = TrialConfig.from_dict(values)  # refuse bad input before loading any data
     from beanlib.weights import check_weights
 
+    backend.configure(args.cpus)  # before checking weights or decoding: backends fix their threads when they start
     check_weights(config.weights)  # a weights file that is not a trained Inception-v3 base, too
     from beanlib.data import load_beans
     from beanlib.train import run_trial
 
-    backend.configure(args.cpus)  # before decoding: backends fix their threads when their runtime starts
     data = load_beans(args.data, config.image_size, args.per_class)
     print(f"data: {args.data} {data.counts()} fingerprint {data.fingerprint}", file=sys.stderr)
 

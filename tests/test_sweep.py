@@ -1,5 +1,7 @@
 """The sweep on an embedded local Ray: every trial once in Parquet, an injected fault recorded, re-runs resume."""
 
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -186,6 +188,21 @@ def test_a_moved_data_folder_and_weights_file_resume_with_nothing_rerun(local_ra
     manifest = RunStore(str(tmp_path / "results"), "moved").manifest()
     assert manifest["data"] == str(tmp_path / "second" / "beans")  # where it was read from last: provenance
     assert manifest["overrides"]["weights"].startswith("sha256:")
+
+    # With the data, the base features and the weights check cached, a new run's driver never starts TensorFlow
+    # (beanlib.backend.configure_when_needed): its trials run on this test's Ray, and the driver says what it loaded.
+    driver = f"""
+import sys
+from beanlib import studies
+from beanlib.studies import Factor, Study
+from beanlib.sweep import SweepOptions, run_sweep
+studies.STUDIES["moved"] = Study("moved", "", {study.base!r}, (Factor("both", {study.factors[0].settings!r}),))
+summary = run_sweep(SweepOptions(study="moved", data={str(tmp_path / "second" / "beans")!r}, address={ray.get_runtime_context().gcs_address!r},
+                                 weights={str(tmp_path / "second" / "base.weights.h5")!r}, results={str(tmp_path / "fresh")!r}), out=lambda line: None)
+print("ran", summary.ran, "failed", summary.failed, "tensorflow", "tensorflow" in sys.modules, "keras", "keras" in sys.modules)
+"""
+    shown = subprocess.run([sys.executable, "-c", driver], capture_output=True, text=True, timeout=300)
+    assert shown.stdout.split()[-8:] == ["ran", "2", "failed", "0", "tensorflow", "False", "keras", "False"], shown.stderr[-2000:]
 
 
 @pytest.mark.parametrize("layout", ["five_classes", "five_classes_unsplit"])
