@@ -17,14 +17,13 @@ import logging
 import os
 import tempfile
 import time
-import uuid
 from datetime import datetime, timezone
 from typing import Any, Callable
 
 import ray
 from ray import tune
 
-from beanlib import backend, checkpoint, preflight
+from beanlib import backend, checkpoint, preflight, scratch
 from beanlib.console import hide_native_logs
 from beanlib.data import class_names, load_beans
 from beanlib.errors import BeanlibError
@@ -311,10 +310,10 @@ def _trainable(config: dict, data: dict, features: dict, context: dict) -> None:
     trial_data = data[spec.config.image_size]
     shared = features.get(features_key(spec.config, trial_data)) if spec.config.model == "inception" else None
     resume = _resume_state(context["earlier"].get(spec.trial_id))
-    # A file name only: the file exists from the trial's end until its copy into the run, so a worker killed
-    # mid-trial leaves nothing behind in the temporary folder (a folder made at the start was left there).
-    model_file = os.path.join(tempfile.gettempdir(), f"beanlib-model-{uuid.uuid4().hex[:12]}-{spec.trial_id}.keras"
-                              ) if context["keep_models"] else None
+    # What a worker killed on this machine left in the temporary folder (a checkpoint being written, a model not yet
+    # copied into the run) goes now. The model file is a name only until the trial ends.
+    scratch.remove_orphans()
+    model_file = scratch.path("model", f"-{spec.trial_id}.keras") if context["keep_models"] else None
     planned = spec.config.planned_epochs
 
     crash_at = next((int(f.rsplit("@", 1)[1]) for f in context["inject_fault"] if f.startswith(f"{spec.setting}:crash@")), None)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -17,7 +16,7 @@ from typing import Any, Callable, Mapping
 import keras
 import numpy as np
 
-from beanlib import backend, checkpoint
+from beanlib import backend, checkpoint, scratch
 from beanlib.checkpoint import TrialState
 from beanlib.config import TrialConfig
 from beanlib.data import SPLITS, BeansData
@@ -362,7 +361,7 @@ class _EpochRecorder(keras.callbacks.Callback):
         due = (self.checkpoint_hook is not None and record["epoch"] < self.planned_epochs
                and time.perf_counter() - self._saved >= self.checkpoint_seconds)
         if due:
-            with tempfile.TemporaryDirectory(prefix="beanlib-checkpoint-") as directory:
+            with scratch.directory("checkpoint") as directory:
                 self.save(directory)
                 stop = self.checkpoint_hook(record, directory)
             self._saved = time.perf_counter()

@@ -75,18 +75,18 @@ def _plan(args):
 def run_mode(args, processes: int) -> tuple[float, list[dict]]:
     """Run every trial in `processes` concurrent worker processes (trials dealt round-robin, longest first)."""
     count = len(_plan(args))
-    cache = tempfile.mkdtemp(prefix="beanlib-compile-")
-    env = {**os.environ}
-    if env.get("BEANLIB_COMPILE_CACHE") != "off":
-        env["BEANLIB_COMPILE_CACHE"] = cache  # empty at the start of each mode
     base = [sys.executable, "-m", "benchmarks.gpu_study", "--study", args.study, "--image-size", str(args.image_size),
             "--repeats", str(args.repeats), "--precision", args.precision, "--share", str(1 / processes)]
     base += [f"--{k.replace('_', '-')}={getattr(args, k)}" for k in ("per_class", "epochs", "fine_tune_epochs", "only") if getattr(args, k)]
-    start = time.perf_counter()
-    running = [subprocess.Popen(base + ["--trials", ",".join(map(str, range(p, count, processes)))], env=env,
-                                stdout=subprocess.PIPE, text=True) for p in range(processes) if p < count]
-    outputs = [p.communicate()[0] for p in running]
-    wall = time.perf_counter() - start
+    with tempfile.TemporaryDirectory(prefix="beanlib-compile-") as cache:
+        env = {**os.environ}
+        if env.get("BEANLIB_COMPILE_CACHE") != "off":
+            env["BEANLIB_COMPILE_CACHE"] = cache  # empty at the start of each mode
+        start = time.perf_counter()
+        running = [subprocess.Popen(base + ["--trials", ",".join(map(str, range(p, count, processes)))], env=env,
+                                    stdout=subprocess.PIPE, text=True) for p in range(processes) if p < count]
+        outputs = [p.communicate()[0] for p in running]
+        wall = time.perf_counter() - start
     if any(p.returncode for p in running):
         sys.exit(f"a worker failed (exit codes {[p.returncode for p in running]})")
     rows = [json.loads(line) for out in outputs for line in out.splitlines() if line.startswith("{")]

@@ -11,7 +11,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from beanlib import studies  # noqa: E402
+from beanlib import scratch, studies  # noqa: E402
 from beanlib.results import EPOCH_SCHEMA, TRIAL_SCHEMA  # noqa: E402
 from beanlib.studies import Factor, Study  # noqa: E402
 from beanlib.sweep import SweepOptions, run_sweep  # noqa: E402
@@ -275,7 +275,7 @@ def resumed_and_clean(local_ray, tmp_path_factory):
     """The RESUME study twice: once with kernel_size=3's worker killed after epoch 2 (models: best), once not (all)."""
     root = tmp_path_factory.mktemp("resume")
     studies.STUDIES["resume"] = RESUME
-    before = set(Path(tempfile.gettempdir()).glob("beanlib-model-*"))
+    before = set(Path(tempfile.gettempdir()).glob("beanlib-*"))
     try:
         run_sweep(SweepOptions(study="resume", data="synthetic", results=str(root / "killed"), checkpoint_seconds=0,
                                inject_fault=("kernel_size=3:crash@2",)), out=lambda line: None)
@@ -283,11 +283,12 @@ def resumed_and_clean(local_ray, tmp_path_factory):
                                keep_models="all"), out=lambda line: None)
     finally:
         del studies.STUDIES["resume"]
-    # What those sweeps left in the temporary folder: their trials' model files, or a model folder (beanlib made one
-    # per trial until a killed worker was found to leave it behind; other sweeps running on this machine make none).
-    ids = set(pd.read_parquet(root / "killed" / "resume" / "trials")["trial_id"])
-    TEMP_LEFT[:] = sorted(p.name for p in set(Path(tempfile.gettempdir()).glob("beanlib-model-*")) - before
-                          if p.is_dir() or any(i in p.name for i in ids))
+    # What those sweeps left in the temporary folder: a checkpoint or model file or folder of a process that is gone
+    # (the killed worker's checkpoint, until the next trial removes it: beanlib.scratch). Another beanlib sweep running
+    # on this machine makes only files of live processes, unless it is of a version before beanlib.scratch.
+    TEMP_LEFT[:] = sorted(p.name for p in set(Path(tempfile.gettempdir()).glob("beanlib-*")) - before
+                          if p.name.startswith(("beanlib-checkpoint-", "beanlib-model-"))
+                          and not (scratch.owner(p.name) and scratch.alive(scratch.owner(p.name))))
     return root / "killed" / "resume", root / "clean" / "resume"
 
 
@@ -329,7 +330,7 @@ def test_a_worker_killed_mid_trial_resumes_from_its_checkpoint_as_if_never_stopp
     assert resumed["test_accuracy"] == rows[clean].loc["kernel_size=3", "test_accuracy"]
     # A finished trial's checkpoints are gone: disk holds checkpoints of running trials only.
     assert not list((killed / "tune").rglob("checkpoint_*")) and not list((clean / "tune").rglob("checkpoint_*"))
-    # Nor does the temporary folder keep a model file or folder of theirs, the killed worker's included.
+    # Nor does the temporary folder keep a checkpoint or model of theirs, the killed worker's included.
     assert TEMP_LEFT == []
 
 
