@@ -48,9 +48,10 @@ def choose(name: str | None = None) -> str:
 
 
 def current() -> str:
-    """The Keras backend of this process. After choose(), read without importing Keras (a sweep's driver need not
-    start TensorFlow at all): Keras takes $KERAS_BACKEND over its config file, and choose() refuses to set it
-    once Keras is loaded with another."""
+    """The Keras backend of this process: read from $KERAS_BACKEND without importing Keras while it names a known
+    backend and Keras is not loaded (a sweep's driver need not start TensorFlow at all), as Keras takes
+    $KERAS_BACKEND over its config file; else Keras's own answer. choose() sets it, and refuses once Keras is loaded
+    with another."""
     if "keras" not in sys.modules and os.environ.get("KERAS_BACKEND") in BACKENDS:
         return os.environ["KERAS_BACKEND"]
     import keras

@@ -341,6 +341,7 @@ def _images(folder: Path) -> list[Path]:
 
 def _read_folder(files: dict[str, list[list[Path]]], image_size: int, per_class: int | None) -> dict[str, Split]:
     chosen = {split: [(path, label) for label, paths in enumerate(files[split]) for path in paths[:per_class]] for split in SPLITS}
+    decoder_tensorflow()  # set up once here, not by the first threads below at the same time
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:  # TF's decode releases the GIL
         decoded = {split: list(pool.map(lambda item: decode_image(item[0], image_size), chosen[split])) for split in SPLITS}
     failed = [path for split in SPLITS for (path, _), image in zip(chosen[split], decoded[split]) if image is None]

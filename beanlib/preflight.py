@@ -79,8 +79,10 @@ def runtime_env() -> dict[str, Any]:
 def print_plan(specs: list[TrialSpec], done: dict[str, str], out: Callable[[str], None], num_classes: int) -> None:
     """The dry-run table: one line per trial with its factor, setting, config and parameter counts (for the data's
     `num_classes` classes)."""
+    from beanlib import backend
     from beanlib.models import parameter_counts
 
+    backend.needed()  # counting builds the models: the driver's set-up (no GPUs) comes first
     out(f"{'trial_id':18s} {'factor':36s} {'setting':26s} {'rep':>3s} {'trainable':>11s} {'total':>11s}  status  config")
     for spec in specs:
         trainable, total = parameter_counts(spec.config, num_classes)

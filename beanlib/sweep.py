@@ -428,6 +428,7 @@ class _WriteResults(tune.Callback):
         trial_id = trial.config["trial"]["trial_id"]
         if trial_id in self.written:
             return
+        backend.needed()  # beanlib.train imports Keras: the driver's set-up (no GPUs) first
         from beanlib.train import TrialResult
 
         spec = TrialSpec.from_dict(self.specs[trial_id])

@@ -283,12 +283,11 @@ def resumed_and_clean(local_ray, tmp_path_factory):
                                keep_models="all"), out=lambda line: None)
     finally:
         del studies.STUDIES["resume"]
-    # What those sweeps left in the temporary folder: a checkpoint or model file or folder of a process that is gone
-    # (the killed worker's checkpoint, until the next trial removes it: beanlib.scratch). Another beanlib sweep running
-    # on this machine makes only files of live processes, unless it is of a version before beanlib.scratch.
+    # What those sweeps left in the temporary folder: a checkpoint or model of a process that is gone (the killed
+    # worker's checkpoint, until the next trial removes it: beanlib.scratch), or a model file of one of their trials.
+    ids = set(pd.read_parquet(root / "killed" / "resume" / "trials")["trial_id"])
     TEMP_LEFT[:] = sorted(p.name for p in set(Path(tempfile.gettempdir()).glob("beanlib-*")) - before
-                          if p.name.startswith(("beanlib-checkpoint-", "beanlib-model-"))
-                          and not (scratch.owner(p.name) and scratch.alive(scratch.owner(p.name))))
+                          if scratch.orphaned(p.name) or (p.name.startswith("beanlib-model-") and any(i in p.name for i in ids)))
     return root / "killed" / "resume", root / "clean" / "resume"
 
 

@@ -147,29 +147,6 @@ def test_a_checkpoint_copies_one_variable_to_host_at_a_time(tmp_path):
         assert [float(npz[f"arr_{i}"][0]) for i in range(4)] == [0.0, -1.0, -2.0, -3.0]
 
 
-def test_scratch_files_of_a_dead_process_are_removed_and_a_live_ones_are_not():
-    """What a killed worker was writing (a checkpoint folder, a model file) goes at the next trial on the machine."""
-    import os
-    import subprocess
-    import sys
-    import tempfile
-
-    from beanlib import scratch
-
-    made = "from beanlib import scratch; import os; c = scratch.path('checkpoint'); os.makedirs(c); " \
-           "open(os.path.join(c, 'arr_0.npy'), 'w').close(); m = scratch.path('model', '-t.keras'); open(m, 'w').close(); print(c, m)"
-    dead = subprocess.run([sys.executable, "-c", made], capture_output=True, text=True, check=True).stdout.split()
-    older = tempfile.mkdtemp(prefix="beanlib-checkpoint-")  # an older beanlib's name: no process id, left alone
-    try:
-        with scratch.directory("checkpoint") as live:
-            removed = scratch.remove_orphans()
-            assert {os.path.basename(p) for p in dead} <= set(removed) and not any(os.path.exists(p) for p in dead)
-            assert os.path.isdir(live) and os.path.isdir(older)
-        assert not os.path.exists(live)
-    finally:
-        os.rmdir(older)
-
-
 # A trial's threads are fixed once per process, so each thread count gets its own process.
 THREADED_TRIAL = """
 import json, sys
