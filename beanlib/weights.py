@@ -80,13 +80,13 @@ def load_inception_base(weights: str, image_size: int):
     """
     import keras
 
-    if weights in (IMAGENET, RANDOM):
-        return keras.applications.InceptionV3(include_top=False, weights=None if weights == RANDOM else weights,
-                                              input_shape=(image_size, image_size, 3))
-    if not os.path.isfile(weights):
+    if weights not in (IMAGENET, RANDOM) and not os.path.isfile(weights):
         raise BeanlibError(f"weights file {weights} does not exist: pass a Keras Inception-v3 no-top weights file "
                            "(.weights.h5), 'imagenet' or 'none'")
-    base = keras.applications.InceptionV3(include_top=False, weights=None, input_shape=(image_size, image_size, 3))
+    base = keras.applications.InceptionV3(include_top=False, weights=IMAGENET if weights == IMAGENET else None,
+                                          input_shape=(image_size, image_size, 3))
+    if weights in (IMAGENET, RANDOM):
+        return base
     key = _file_key(weights)
     if key in _VALUES:
         base.set_weights(_VALUES[key])  # what InceptionV3(weights=FILE) does: build, then load_weights(FILE)
