@@ -158,6 +158,8 @@ def _compose(trials, epochs, manifest, store, out: Path, data: str | None = None
     doc.p(" ".join(f"{factor.replace('_', ' ')}: {verdicts[factor]}." for factor in factors))
 
     doc.h(2, "Factors, beside the original study")
+    if line := tables.beside_original(summary):
+        doc.p(line)
     for factor in factors:
         rows = summary[summary["factor"] == factor]
         doc.h(3, factor)

@@ -233,6 +233,31 @@ def holm(p_values: list[float]) -> list[float]:
     return adjusted
 
 
+def original_p(accuracies: list[float], original: float) -> float | None:
+    """How surprising the original study's one run is beside ours: the two-sided p-value of one more run of ours
+    landing at least as far from our mean as the original's number. That is a t prediction interval from our n runs
+    (one run spreads by s * sqrt(1 + 1/n)), the right comparison for a single run; a confidence interval of our mean
+    would not be. None with fewer than two runs, no spread between them, or no original number."""
+    from scipy import stats
+
+    a = np.asarray(accuracies, float)
+    if len(a) < 2 or original is None or math.isnan(original) or a.std(ddof=1) == 0:
+        return None
+    t = (original - a.mean()) / (a.std(ddof=1) * math.sqrt(1 + 1 / len(a)))
+    return float(2 * stats.t.sf(abs(t), len(a) - 1))
+
+
+def against_original(rows: pd.DataFrame) -> list[float | None]:
+    """Per summary row (`accuracies`, `original_test_accuracy`), `original_p` Holm-adjusted over every distinct
+    comparison of the run, so that comparing many settings with the original does not find a difference by chance.
+    A comparison met under several factors (the baseline's runs against one number) counts once."""
+    keys = [(tuple(a), o) for a, o in zip(rows["accuracies"], rows["original_test_accuracy"])]
+    raw = {key: original_p(list(key[0]), key[1]) for key in dict.fromkeys(keys)}
+    tested = [key for key, p in raw.items() if p is not None]
+    adjusted = dict(zip(tested, holm([raw[key] for key in tested])))
+    return [adjusted.get(key) for key in keys]
+
+
 def family_comparison(lenet: pd.DataFrame, inception: pd.DataFrame) -> str:
     """Whether the two families' chosen settings differ on test: a Welch t-test of two settings picked on validation."""
     a, b = (100 * t["test_accuracy"].to_numpy(float) for t in (inception, lenet))

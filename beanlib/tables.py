@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from beanlib.config import CLASS_NAMES
-from beanlib.stats import by_factor, choose, convergence, family_choice, ran_in_full, setting_stats
+from beanlib.stats import ALPHA, against_original, by_factor, choose, convergence, family_choice, ran_in_full, setting_stats
 
 # SEED_STUDY.md's reported test accuracy (percent) per factor setting, and what else it said.
 ORIGINAL: dict[str, dict[str, tuple[float | None, str]]] = {
@@ -39,7 +39,7 @@ ORIGINAL: dict[str, dict[str, tuple[float | None, str]]] = {
 CONVERGED_WITHIN = 0.02  # "converged": first epoch within 2 accuracy points of the trial's best validation accuracy (ours)
 SUMMARY_COLUMNS = ["factor", "setting", "model", "n", "pruned", "failed", "test_accuracy", "ci95_low", "ci95_high", "std",
                    "accuracies", "val_accuracy", "val_loss", "best_val_accuracy", "survivors_only", "chosen",
-                   "original_test_accuracy", "original_note", "trainable_params", "total_params", "train_seconds",
+                   "original_test_accuracy", "original_note", "original_p", "trainable_params", "total_params", "train_seconds",
                    "peak_rss_mib", "base"]
 
 
@@ -54,6 +54,7 @@ def summarize(trials: pd.DataFrame) -> pd.DataFrame:
         groups.append({
             "factor": factor, "setting": label, "model": g["model"].iloc[0], **setting_stats(g), "chosen": False,
             "original_test_accuracy": original if original is not None else math.nan, "original_note": note,
+            "original_p": None,
             "trainable_params": _first(g["trainable_params"]), "total_params": _first(g["total_params"]),
             "train_seconds": float(ok["train_seconds"].mean()) if len(ok) else math.nan,
             "peak_rss_mib": float(ok["peak_rss_bytes"].max()) / 2**20 if ok["peak_rss_bytes"].notna().any() else math.nan,
@@ -62,6 +63,7 @@ def summarize(trials: pd.DataFrame) -> pd.DataFrame:
     frame = pd.DataFrame(groups, columns=SUMMARY_COLUMNS).astype({"trainable_params": "Int64", "total_params": "Int64"})
     if frame.empty:
         return frame
+    frame["original_p"] = pd.array(against_original(frame), dtype="Float64")
     for _, rows in frame.groupby("factor", sort=False):
         chosen = choose(rows)
         if chosen is not None:
@@ -107,13 +109,39 @@ def factor_table(rows: pd.DataFrame) -> pd.DataFrame:
         "n": rows["n"],
         "pruned": rows["pruned"],
         "failed": rows["failed"],
-        "original %": [note if math.isnan(v) else f"{v:g}" + (f" ({note})" if note else "")
-                       for v, note in zip(rows["original_test_accuracy"], rows["original_note"])],
+        "original %": [note if math.isnan(v) else f"{v:g}" + (f" ({note})" if note else "") + _beside(p)
+                       for v, note, p in zip(rows["original_test_accuracy"], rows["original_note"], rows["original_p"])],
         "trainable": rows["trainable_params"].map(lambda v: "" if pd.isna(v) else f"{int(v):,}"),
         "total": rows["total_params"].map(lambda v: "" if pd.isna(v) else f"{int(v):,}"),
         "train s": rows["train_seconds"].map(lambda v: "" if math.isnan(v) else f"{v:.0f}"),
         "base": rows["base"],
     }).loc[:, lambda t: [c for c in t.columns if c not in ("base", "pruned", "original %") or t[c].astype(bool).any()]]
+
+
+def _beside(p) -> str:
+    """The original's number against our runs' spread (`beanlib.stats.original_p`, Holm-adjusted), in words."""
+    if pd.isna(p):
+        return ""
+    return f"; {'beyond' if p < ALPHA else 'not beyond'} our runs' noise, p = {p:.3f}"
+
+
+def beside_original(summary: pd.DataFrame) -> str:
+    """How the original's numbers stand against ours, and how that is judged (Markdown)."""
+    compared = summary[summary["original_p"].notna()]
+    compared = compared[~pd.Series([(tuple(a), o) for a, o in zip(compared["accuracies"], compared["original_test_accuracy"])],
+                                   index=compared.index).duplicated()]  # as beanlib.stats.against_original counts them
+    if compared.empty:
+        return ("The original reported one run per setting; with one run per setting here too, whether a difference "
+                "from it is beyond the noise cannot be told (rerun with --repeats 3).") if summary["original_test_accuracy"].notna().any() else ""
+    beyond = compared[compared["original_p"] < ALPHA]
+    listed = ", ".join(f"{r['setting']} ({r['test_accuracy']:.1f} here, {r['original_test_accuracy']:g} there)"
+                       for _, r in beyond.iterrows())
+    return (f"**Beside the original**: its numbers are one run each, so each is judged against the spread of one run "
+            f"of ours: a t prediction interval from our runs, two-sided, Holm-adjusted over the {len(compared)} "
+            f"setting{'s' if len(compared) > 1 else ''} compared (5% level). "
+            + (f"Beyond our runs' noise: {listed}." if listed else "None differs beyond our runs' noise.")
+            + " The original's code, preprocessing and (for Inception-v3) base are not ours, so a difference beyond "
+              "the noise says that something differs between the two studies, not which one is right.")
 
 
 def pct(value: float) -> str:

@@ -12,6 +12,7 @@ from scipy import stats
 from beanlib.errors import BeanlibError
 from beanlib.report import build_report
 from beanlib.results import RunStore, trial_row
+from beanlib.stats import holm
 from beanlib.studies import plan
 from beanlib.train import TrialResult
 
@@ -162,6 +163,20 @@ def test_statistics_on_repeats(tmp_path):
     # the oom trial is listed with its error, and the unrun settings are reported missing
     assert "ResourceExhaustedError: OOM when allocating" in markdown and "| oom |" in markdown
     assert len(report.missing) == 12 * 3 - 5 * 3 - 1
+    # the original's one run against the spread of one of ours: 4 distinct comparisons (kernel sizes 5 and 7, 3-8-60,
+    # and the baseline again as regularizer=none against 69, not 69.5), Holm-adjusted
+    def p_one_run(values, original):
+        values = pd.Series([100 * v for v in values])
+        t = (original - values.mean()) / (values.std() * math.sqrt(1 + 1 / 3))
+        return 2 * stats.t.sf(abs(t), 2)
+
+    raw = [p_one_run(ACCURACIES["baseline"], 69.5), p_one_run(ACCURACIES["kernel_size=7"], 71.88),
+           p_one_run(ACCURACIES["kernel_counts=3-8-60"], 58.59), p_one_run(ACCURACIES["baseline"], 69.0)]
+    adjusted = holm(raw)  # tested on its own in tests/test_stats.py
+    assert "| kernel_size=7 | | 72.0 | 71.0 | " in markdown.replace("|  |", "| |")
+    assert f"71.88; not beyond our runs' noise, p = {adjusted[1]:.3f} |" in markdown
+    assert f"58.59; {'beyond' if adjusted[2] < 0.05 else 'not beyond'} our runs' noise, p = {adjusted[2]:.3f} |" in markdown
+    assert "Holm-adjusted over the 4 settings compared" in markdown
     assert "parallel speed-up of" in markdown
 
 

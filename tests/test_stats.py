@@ -4,8 +4,9 @@ winner's curse that choosing on test would bring."""
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
-from beanlib.stats import ALPHA, choose, holm, verdict
+from beanlib.stats import ALPHA, against_original, choose, holm, original_p, verdict
 
 VAL_IMAGES, TEST_IMAGES = 133, 128  # the beans validation and test splits
 
@@ -96,3 +97,43 @@ def test_winners_are_chosen_on_validation_and_keep_each_choices_best_run_with_a_
     found = winners(trials)
     assert found["lenet"] == "l-a1"  # setting chosen on mean validation, then its best run; test never looked at
     assert found["inception"] == "i-x1" and found["best"] == "i-x1"  # Inception's setting: 0.875 mean validation
+
+
+def _beside(rng, means, runs=3):
+    """Per setting, `runs` of ours and one more run of the same setting standing for the original's (`_study`'s noise)."""
+    rows = _study(rng, means, runs + 1)
+    return rows.assign(original_test_accuracy=[a[0] for a in rows["accuracies"]], accuracies=[a[1:] for a in rows["accuracies"]])
+
+
+def test_an_original_run_of_the_same_setting_is_judged_beyond_the_noise_at_the_nominal_rate():
+    """The original's number is one run: judged against the spread of one run of ours (a prediction interval), a run
+    of the same setting is called different 5% of the time, and, Holm-adjusted, a study of 6 settings at most 5%.
+    Judged against our mean's confidence interval instead, it would be called different about 15% of the time."""
+    rng = np.random.default_rng(11)
+    studies = [_beside(rng, [0.7, 0.75, 0.8, 0.7, 0.75, 0.8]) for _ in range(1500)]
+    raw = np.array([[original_p(a, o) for a, o in zip(s["accuracies"], s["original_test_accuracy"])] for s in studies], float)
+    margin = 3 * np.sqrt(ALPHA * (1 - ALPHA) / raw.size)
+    assert abs(np.nanmean(raw < ALPHA) - ALPHA) < margin, np.nanmean(raw < ALPHA)
+    # the same comparison against a confidence interval of our mean: t grows by sqrt(1 + 1/3) / sqrt(1/3) = 2
+    by_mean = [stats.t.sf(abs(stats.t.isf(p / 2, 2)) * 2, 2) * 2 < ALPHA for p in raw[~np.isnan(raw)]]
+    assert np.mean(by_mean) > 0.12, np.mean(by_mean)
+    any_claim = np.mean([min((p for p in against_original(s) if p is not None), default=1) < ALPHA for s in studies])
+    assert any_claim <= ALPHA + 3 * np.sqrt(ALPHA * (1 - ALPHA) / len(studies)), any_claim
+
+
+def test_an_original_far_from_our_runs_is_beyond_the_noise_and_a_comparison_met_twice_counts_once():
+    assert original_p([70.0, 71.0, 72.0], 71.0) == pytest.approx(1.0)
+    # t = (80 - 71) / (1 * sqrt(1 + 1/3)) with 2 degrees of freedom
+    assert original_p([70.0, 71.0, 72.0], 80.0) == pytest.approx(2 * (1 - _t_cdf(9 / np.sqrt(4 / 3), 2)))
+    assert original_p([70.0], 80.0) is None and original_p([70.0, 70.0], 80.0) is None and original_p([70.0, 71.0], float("nan")) is None
+    rows = pd.DataFrame({"accuracies": [[70.0, 71.0, 72.0]] * 3 + [[60.0, 64.0, 62.0]],  # the baseline under 3 factors
+                         "original_test_accuracy": [80.0, 80.0, 81.0, 61.0]})
+    raw = [original_p([70.0, 71.0, 72.0], 80.0), original_p([70.0, 71.0, 72.0], 81.0), original_p([60.0, 64.0, 62.0], 61.0)]
+    expected = holm(raw)  # three distinct comparisons, not four
+    assert against_original(rows) == pytest.approx([expected[0], expected[0], expected[1], expected[2]])
+
+
+def _t_cdf(t, df):
+    """Student's t CDF for 2 degrees of freedom in closed form, to check scipy's use without scipy."""
+    assert df == 2
+    return 0.5 + t / (2 * np.sqrt(2 + t * t))
