@@ -21,11 +21,15 @@ if TYPE_CHECKING:
 JOB_CONFIG = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray for the driver of a `ray job submit` job: the job's config
 
 def check_options(opts: "SweepOptions", specs: list[TrialSpec]) -> None:
-    """Refuse options that cannot work together, in one line each: a relative results folder inside `ray job
-    submit`'s temporary copy of the working directory; a pruning scheduler across two model families."""
+    """Refuse options that cannot work together, in one line each: a setting the study does not have; a relative
+    results folder inside `ray job submit`'s temporary copy of the working directory; a pruning scheduler across two
+    model families."""
     if JOB_CONFIG in os.environ and "://" not in opts.results and not os.path.isabs(os.path.expanduser(opts.results)):
         raise BeanlibError(f"--results {opts.results} is relative, and under `ray job submit` that is inside Ray's temporary "
                            "copy of the working directory, which Ray deletes: pass an absolute path or a URI (s3://, gs://)")
+    settings = list(dict.fromkeys(s.setting for s in specs))
+    if unknown := [name for name in opts.only if name not in settings]:
+        raise BeanlibError(f"--only {' '.join(unknown)}: study {opts.study} has no such setting: use one of {', '.join(settings)}")
     if opts.scheduler != "fifo" and len({s.config.model for s in specs}) > 1:
         raise BeanlibError(f"--scheduler {opts.scheduler} compares trials by validation accuracy, and study {opts.study} mixes "
                            "LeNet and Inception-v3, whose curves are not comparable: run one family per sweep "

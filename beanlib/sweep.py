@@ -65,7 +65,8 @@ def run_sweep(opts: SweepOptions, out: Callable[[str], None] = print, progress: 
     done = store.finished()
     if opts.keep_models not in KEEP_MODELS:
         raise BeanlibError(f"unknown --keep-models {opts.keep_models!r}: use one of {', '.join(KEEP_MODELS)}")
-    todo = sorted((s for s in specs if done.get(s.trial_id) not in FINISHED), key=lambda s: -estimated_cost(s.config))
+    todo = sorted((s for s in specs if done.get(s.trial_id) not in FINISHED and (not opts.only or s.setting in opts.only)),
+                  key=lambda s: -estimated_cost(s.config))
     if opts.dry_run:
         preflight.print_plan(specs, done, out, len(class_names(opts.data)))
         return SweepSummary(len(specs), 0, done)
@@ -82,7 +83,9 @@ def run_sweep(opts: SweepOptions, out: Callable[[str], None] = print, progress: 
                          weights_sha256={w: weights_sha256(w) for w in bases if weights_sha256(w)})
     if carved:
         store.write_split(carved)  # which file went where: the fingerprint guards it, this file shows it
-    out(f"{opts.study}: {len(specs)} trials planned, {len(specs) - len(todo)} finished in {store.uri}, {len(todo)} to run")
+    finished = sum(done.get(s.trial_id) in FINISHED for s in specs)
+    out(f"{opts.study}: {len(specs)} trials planned, {finished} finished in {store.uri}, {len(todo)} to run"
+        + (f" (--only {' '.join(opts.only)}; {len(specs) - finished - len(todo)} others wait for a run without it)" if opts.only else ""))
     started = time.perf_counter()
     if todo:
         if progress is not None:

@@ -5,7 +5,7 @@
         [--results DIR] [--name RUN] [--address ADDR] [--cpus-per-trial N]
         [--gpus-per-trial F] [--max-concurrent N] [--retries N] [--per-class N] [--early-stop PATIENCE]
         [--scheduler fifo|asha] [--backend tensorflow|jax|torch] [--checkpoint-seconds S]
-        [--keep-models best|all|none] [--fresh-workers] [--dry-run] [--verbose]
+        [--keep-models best|all|none] [--fresh-workers] [--only SETTING ...] [--dry-run] [--verbose]
 """
 
 from __future__ import annotations
@@ -52,6 +52,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fresh-workers", action="store_true",
                    help="a new worker process for every trial (default: a worker runs trial after trial, warm; fresh "
                         "workers cost a few seconds per trial, and give each trial's peak memory alone)")
+    p.add_argument("--only", nargs="+", default=(), type=str, metavar="SETTING",
+                   help="run only these settings now (names as --dry-run lists them, e.g. baseline kernel_size=3); the run "
+                        "keeps its whole plan, and a later run without --only runs the rest")
     p.add_argument("--dry-run", action="store_true", help="print the trial table and exit without training")
     p.add_argument("--verbose", action="store_true", help="also show Ray Tune's status tables and the workers' output")
     return p.parse_args(argv)
@@ -75,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         raise BeanlibError("--retries, --checkpoint-seconds and --gpus-per-trial must not be negative")
     console = SweepConsole()
     try:
-        summary = run_sweep(SweepOptions(**vars(args)), out=console.line, progress=console)
+        summary = run_sweep(SweepOptions(**{**vars(args), "only": tuple(args.only)}), out=console.line, progress=console)
     finally:
         console.stop()
     return 1 if summary.failed else 0

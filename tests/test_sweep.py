@@ -12,6 +12,7 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from beanlib import scratch, studies  # noqa: E402
+from beanlib.errors import BeanlibError  # noqa: E402
 from beanlib.results import EPOCH_SCHEMA, TRIAL_SCHEMA  # noqa: E402
 from beanlib.studies import Factor, Study  # noqa: E402
 from beanlib.sweep import SweepOptions, run_sweep  # noqa: E402
@@ -69,6 +70,9 @@ def test_sweep_records_every_trial_once_and_a_failure_without_stopping(local_ray
     assert by_setting.loc["head-only", "start_time"] == trials["start_time"].max()
     assert sum(line.startswith("trial ") for line in lines) == 4  # one progress line per finished trial
 
+    # --only a finished setting runs nothing, and leaves the failed trial for a run without it.
+    only = run_sweep(SweepOptions(study=tiny_study, data="synthetic", results=str(tmp_path), only=("head-only",)), out=lines.append)
+    assert only.ran == 0 and any("0 to run (--only head-only; 1 others wait for a run without it)" in line for line in lines)
     # The same command again: only the failed trial runs, and it still has exactly one row.
     again = run_sweep(SweepOptions(study=tiny_study, data="synthetic", results=str(tmp_path)), out=lines.append)
     assert again.ran == 1 and again.failed == 0
@@ -78,6 +82,14 @@ def test_sweep_records_every_trial_once_and_a_failure_without_stopping(local_ray
 
     # A third time there is nothing left to run.
     assert run_sweep(SweepOptions(study=tiny_study, data="synthetic", results=str(tmp_path)), out=lines.append).ran == 0
+
+
+def test_a_setting_the_study_does_not_have_is_refused_before_anything_is_written(tiny_study, tmp_path):
+    with pytest.raises(BeanlibError, match=r"^--only kernel_size=9: study tiny has no such setting: use one of "
+                                           r"kernel_size=3, kernel_size=5, head-only, top-2-blocks$"):
+        run_sweep(SweepOptions(study=tiny_study, data="synthetic", results=str(tmp_path), only=("kernel_size=3", "kernel_size=9")),
+                  out=lambda line: None)
+    assert not (tmp_path / "tiny").exists()
 
 
 def test_dry_run_prints_the_trial_table_and_writes_nothing(tiny_study, tmp_path):
