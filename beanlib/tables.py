@@ -186,7 +186,9 @@ def runtime_table(trials: pd.DataFrame) -> pd.DataFrame:
     duration = (t["end_time"] - t["start_time"]).dt.total_seconds()
     return pd.DataFrame({"trial": t["trial_id"], "setting": t["setting"], "repeat": t["repeat"], "status": t["status"],
                          "device": t["device"] + ", " + t["backend"].fillna("tensorflow"), "node": t["node"],
-                         "train s": t["train_seconds"].map(_number("{:.1f}")), "wall s": duration.map(_number("{:.1f}")),
+                         "train s": t["train_seconds"].map(_number("{:.1f}")),
+                         "wall s": [_number("{:.1f}")(d) + ("" if pd.isna(r) else f" (resumed at epoch {r:.0f})")
+                                    for d, r in zip(duration, t["resumed_from_epoch"])],
                          "images/s": t["images_per_second"].map(_number("{:.0f}")),
                          "epochs run/planned": [f"{r:.0f}/{p:.0f}" if pd.notna(r) and pd.notna(p) else ""
                                                 for r, p in zip(t["epochs_run"], t["epochs_planned"])],
@@ -218,12 +220,33 @@ def early_stopping(trials: pd.DataFrame) -> str:
             f"{planned} planned epochs, {100 * (1 - run / planned):.0f}% of the epoch compute saved.")
 
 
+PAUSE_SECONDS = 600  # this long with no trial running: the run was stopped and resumed (trials start within seconds)
+
+
 def speedup(trials: pd.DataFrame) -> str:
-    """The sweep's wall time against its trials' summed time."""
+    """The sweep's wall time against its trials' summed time; for a run that was stopped and resumed, why neither
+    is the cost of one sitting."""
     t = trials.dropna(subset=["start_time", "end_time"])
     if t.empty:
         return ""
     wall = (t["end_time"].max() - t["start_time"].min()).total_seconds()
     total = (t["end_time"] - t["start_time"]).dt.total_seconds().sum()
-    return (f"Sweep wall time {wall:.0f}s (first trial start to last trial end) against {total:.0f}s of trial time "
-            f"summed: a parallel speed-up of {total / wall:.2f}x. A resumed sweep's wall time includes the pause.")
+    head = f"Sweep wall time {wall:.0f}s (first trial start to last trial end)"
+    resumed, idle = int(t["resumed_from_epoch"].notna().sum()), idle_seconds(t)
+    if not resumed and not idle:
+        return f"{head} against {total:.0f}s of trial time summed: a parallel speed-up of {total / wall:.2f}x."
+    parts = [f"{idle:.0f}s of it with no trial running (pauses of {PAUSE_SECONDS // 60} minutes or more)"] if idle else []
+    parts += [f"{resumed} trial{'' if resumed == 1 else 's'} resumed from a checkpoint, whose wall above is the last "
+              "sitting's only"] if resumed else []
+    return (f"{head}, in more than one sitting: {', and '.join(parts)}. So neither the wall time nor a parallel "
+            "speed-up is the cost of one sitting; each trial's train seconds cover all its epochs.")
+
+
+def idle_seconds(trials: pd.DataFrame) -> float:
+    """Seconds between the first start and the last end with no trial running, in gaps of PAUSE_SECONDS or more."""
+    idle, running_until = 0.0, None
+    for start, end in sorted(zip(trials["start_time"], trials["end_time"])):
+        if running_until is not None and (gap := (start - running_until).total_seconds()) >= PAUSE_SECONDS:
+            idle += gap
+        running_until = end if running_until is None else max(running_until, end)
+    return idle

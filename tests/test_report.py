@@ -180,6 +180,25 @@ def test_statistics_on_repeats(tmp_path):
     assert "parallel speed-up of" in markdown
 
 
+def test_a_run_stopped_and_resumed_gives_no_speed_up_and_says_why(tmp_path):
+    root = _constructed_run(tmp_path)
+    store = RunStore(str(tmp_path), "constructed")
+    spec = next(s for s in plan("seed", repeats=3) if s.setting == "regularizer=l2")
+    history = [{"phase": "train", "epoch": e, "loss": 1.0, "accuracy": 0.7, "val_accuracy": 0.7, "val_loss": 1.0, "seconds": 10.0}
+               for e in (1, 2, 3)]
+    result = TrialResult("ok", history, test_accuracy=0.7, per_class_accuracy=[0.7] * 3, confusion_matrix=[[40, 2, 1]] * 3,
+                         trainable_params=5, total_params=5, train_seconds=30.0, images_per_second=100.0,
+                         resumed_from_epoch=2).summarize_history()
+    start = datetime(2026, 1, 1, 2, tzinfo=timezone.utc)  # two hours after the other trials' last end, 40 s after 0:00
+    store.write_trial(trial_row(spec, result, status="ok", data="synthetic", device="CPU x1", node="n", start_time=start,
+                                end_time=start + timedelta(seconds=12)), history)
+    markdown = (build_report(str(root)).out_dir / "report.md").read_text()
+    assert "a parallel speed-up of" not in markdown
+    assert (f"in more than one sitting: {2 * 3600 - 60:.0f}s of it with no trial running (pauses of 10 minutes or more), "
+            "and 1 trial resumed from a checkpoint") in markdown
+    assert "| 30.0 | 12.0 (resumed at epoch 2) |" in markdown
+
+
 @pytest.mark.parametrize(
     "setup, message",
     [
