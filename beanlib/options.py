@@ -61,7 +61,8 @@ class SweepOptions:
 
 @dataclass
 class SweepSummary:
-    """How a sweep ended: planned trials, and the status of each trial that has a row."""
+    """How a sweep ended: planned trials, and the status of each trial it was to run ("missing": no row, because
+    the sweep was stopped before the trial ended)."""
 
     planned: int
     ran: int
@@ -70,4 +71,8 @@ class SweepSummary:
 
     @property
     def failed(self) -> int:
-        return sum(1 for s in self.statuses.values() if s not in FINISHED)
+        return sum(1 for s in self.statuses.values() if s not in FINISHED and s != "missing")
+
+    @property
+    def missing(self) -> int:
+        return sum(1 for s in self.statuses.values() if s == "missing")

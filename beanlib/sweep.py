@@ -10,6 +10,7 @@ what is unfinished, and no trial ever has two rows.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -104,9 +105,16 @@ def run_sweep(opts: SweepOptions, out: Callable[[str], None] = print, progress: 
             if kept:
                 out("models kept (chosen on validation): " + ", ".join(f"{label} {trial}" for label, trial in kept.items())
                     + (f"; {len(dropped)} others removed" if dropped else "") + f", in {store.uri}/{MODELS}")
-    summary = SweepSummary(len(specs), len(todo), {s.trial_id: statuses.get(s.trial_id, "missing") for s in specs},
+    scope = [s for s in specs if not opts.only or s.setting in opts.only]
+    summary = SweepSummary(len(specs), len(todo), {s.trial_id: statuses.get(s.trial_id, "missing") for s in scope},
                            time.perf_counter() - started)
     counts = {status: list(summary.statuses.values()).count(status) for status in sorted(set(summary.statuses.values()))}
+    if summary.missing:  # Ray Tune ends its run on Ctrl+C (SIGINT) and returns: the trials it stopped have no row
+        out(f"{opts.study}: stopped after {summary.wall_seconds:.0f}s with {summary.missing} trial(s) unfinished; trials by "
+            f"status: {counts}; results in {store.uri}")
+        out("resume: run the same command again; finished trials are kept, and a stopped trial continues from its "
+            "last checkpoint")
+        return summary
     out(f"{opts.study}: done in {summary.wall_seconds:.0f}s; trials by status: {counts}; results in {store.uri}")
     out(f"report: python -m jobs.report --results {store.uri}")
     return summary
@@ -182,7 +190,8 @@ def _tune(opts: SweepOptions, store: RunStore, todo: list[TrialSpec], data: dict
     cwd = _cwd()
     os.chdir(tempfile.gettempdir())
     try:
-        tuner.fit()
+        with _without_tunes_restore_hint():
+            tuner.fit()
     except Exception as error:
         finished = store.finished()
         if any(finished.get(trial_id) is None for trial_id in specs):
@@ -192,6 +201,30 @@ def _tune(opts: SweepOptions, store: RunStore, todo: list[TrialSpec], data: dict
     finally:
         if cwd and os.path.isdir(cwd):
             os.chdir(cwd)
+
+
+class _TunesRestoreHint(logging.Filter):
+    """Ray Tune's notes on a run stopped by Ctrl+C that do not hold for a beanlib sweep: "Resume experiment with:
+    Tuner.restore(...)" (the same jobs.sweep command resumes it) and "Failed to fetch metrics for N trial(s)", one line
+    per trial that had not started. Its "Stop signal received" stays: it tells the user the stop was heard."""
+
+    HIDDEN = ("Experiment has been interrupted", "Failed to fetch metrics for")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.HIDDEN)
+
+
+@contextlib.contextmanager
+def _without_tunes_restore_hint():
+    """Hide `_TunesRestoreHint`'s notes from the loggers that write them, while Tune runs."""
+    hint, loggers = _TunesRestoreHint(), [logging.getLogger(n) for n in ("ray.tune.tune", "ray.tune.analysis.experiment_analysis")]
+    for logger in loggers:
+        logger.addFilter(hint)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(hint)
 
 
 def _cwd() -> str | None:

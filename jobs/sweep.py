@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = run_sweep(SweepOptions(**{**vars(args), "only": tuple(args.only)}), out=console.line, progress=console)
     finally:
         console.stop()
-    return 1 if summary.failed else 0
+    return 130 if summary.missing else 1 if summary.failed else 0  # 130: stopped (Ctrl+C), as a shell reports it
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """The sweep on an embedded local Ray: every trial once in Parquet, an injected fault recorded, re-runs resume."""
 
+import dataclasses
 import subprocess
 import sys
 import tempfile
@@ -72,7 +73,7 @@ def test_sweep_records_every_trial_once_and_a_failure_without_stopping(local_ray
 
     # --only a finished setting runs nothing, and leaves the failed trial for a run without it.
     only = run_sweep(SweepOptions(study=tiny_study, data="synthetic", results=str(tmp_path), only=("head-only",)), out=lines.append)
-    assert only.ran == 0 and any("0 to run (--only head-only; 1 others wait for a run without it)" in line for line in lines)
+    assert only.ran == 0 and only.failed == 0 and any("0 to run (--only head-only; 1 others wait for a run without it)" in line for line in lines)
     # The same command again: only the failed trial runs, and it still has exactly one row.
     again = run_sweep(SweepOptions(study=tiny_study, data="synthetic", results=str(tmp_path)), out=lines.append)
     assert again.ran == 1 and again.failed == 0
@@ -82,6 +83,45 @@ def test_sweep_records_every_trial_once_and_a_failure_without_stopping(local_ray
 
     # A third time there is nothing left to run.
     assert run_sweep(SweepOptions(study=tiny_study, data="synthetic", results=str(tmp_path)), out=lines.append).ran == 0
+
+
+def test_a_sweep_stopped_by_ctrl_c_says_how_to_resume_and_the_same_command_resumes(local_ray, tiny_study, tmp_path):
+    """Ctrl+C (SIGINT) as the first trial ends: Ray Tune ends the run and returns. The sweep says it stopped and how
+    to resume, without Tune's "Resume experiment with: Tuner.restore(...)", and the same command runs what was left."""
+    import logging
+    import os
+    import signal
+
+    heard = []
+    catch = logging.Handler()
+    catch.emit = lambda record: heard.append(record.getMessage())
+    loggers = [logging.getLogger(name) for name in ("ray.tune.tune", "ray.tune.analysis.experiment_analysis")]
+    lines = []
+
+    def out(line):
+        lines.append(line)
+        # only where Tune has put its own handler in place: the default one would end the test run
+        if line.startswith("trial ") and signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    opts = SweepOptions(study=tiny_study, data="synthetic", results=str(tmp_path), only=("kernel_size=3", "kernel_size=5"),
+                        max_concurrent=1)
+    for logger in loggers:
+        logger.addHandler(catch)
+    try:
+        summary = run_sweep(opts, out=out)
+    finally:
+        for logger in loggers:
+            logger.removeHandler(catch)
+    assert any(m.startswith("Stop signal received") for m in heard)  # Tune heard the stop
+    assert not any("Tuner.restore" in m or "Failed to fetch metrics" in m for m in heard), heard
+    assert summary.missing == 1 and summary.failed == 0
+    assert lines[-2].startswith("tiny: stopped after") and "1 trial(s) unfinished" in lines[-2]
+    assert lines[-1].startswith("resume: run the same command again")
+    again = run_sweep(dataclasses.replace(opts, max_concurrent=None), out=lines.append)
+    assert again.ran == 1 and again.missing == 0 and again.failed == 0
+    trials = pd.read_parquet(tmp_path / "tiny" / "trials")
+    assert sorted(trials["setting"]) == ["kernel_size=3", "kernel_size=5"] and trials["trial_id"].is_unique
 
 
 def test_a_setting_the_study_does_not_have_is_refused_before_anything_is_written(tiny_study, tmp_path):
