@@ -1,4 +1,5 @@
-"""What a person sees while a sweep runs: native log lines hidden, a live progress bar, one line per trial.
+"""What a person sees while a sweep runs: native log lines hidden, Ray Tune's restore hint hidden, a live progress bar,
+one line per trial.
 
 TensorFlow, XLA and absl write C++ log lines straight to file descriptor 2, many of
 them before any log level applies (absl's "before InitializeLog" lines, the CUDA
@@ -10,6 +11,8 @@ the user set TF_CPP_MIN_LOG_LEVEL, i.e. asked for TensorFlow's logs their own wa
 from __future__ import annotations
 
 import atexit
+import contextlib
+import logging
 import os
 import re
 import sys
@@ -64,6 +67,30 @@ def _restore_stderr() -> None:
     os.dup2(_FILTER["real_stderr"], 2)  # closes our pipe's last write end in this process: the filter sees EOF
     _FILTER["thread"].join(timeout=2)  # a child process may still hold the pipe open: do not wait for it
     _FILTER.clear()
+
+
+class _TunesRestoreHint(logging.Filter):
+    """Ray Tune's notes on a run stopped by Ctrl+C that do not hold for a beanlib sweep: "Resume experiment with:
+    Tuner.restore(...)" (the same jobs.sweep command resumes it) and "Failed to fetch metrics for N trial(s)", one line
+    per trial that had not started. Its "Stop signal received" stays: it tells the user the stop was heard."""
+
+    HIDDEN = ("Experiment has been interrupted", "Failed to fetch metrics for")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.HIDDEN)
+
+
+@contextlib.contextmanager
+def without_tunes_restore_hint():
+    """Hide `_TunesRestoreHint`'s notes from the loggers that write them, while Tune runs."""
+    hint, loggers = _TunesRestoreHint(), [logging.getLogger(n) for n in ("ray.tune.tune", "ray.tune.analysis.experiment_analysis")]
+    for logger in loggers:
+        logger.addFilter(hint)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(hint)
 
 
 class SweepConsole:

@@ -10,7 +10,6 @@ what is unfinished, and no trial ever has two rows.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
 import json
@@ -25,7 +24,7 @@ import ray
 from ray import tune
 
 from beanlib import backend, checkpoint, preflight, scratch
-from beanlib.console import hide_native_logs
+from beanlib.console import hide_native_logs, without_tunes_restore_hint
 from beanlib.data import class_names, load_beans
 from beanlib.errors import BeanlibError
 from beanlib.options import Progress, SweepOptions, SweepSummary  # noqa: F401 (SweepOptions: callers import it from here)
@@ -190,7 +189,7 @@ def _tune(opts: SweepOptions, store: RunStore, todo: list[TrialSpec], data: dict
     cwd = _cwd()
     os.chdir(tempfile.gettempdir())
     try:
-        with _without_tunes_restore_hint():
+        with without_tunes_restore_hint():
             tuner.fit()
     except Exception as error:
         finished = store.finished()
@@ -201,30 +200,6 @@ def _tune(opts: SweepOptions, store: RunStore, todo: list[TrialSpec], data: dict
     finally:
         if cwd and os.path.isdir(cwd):
             os.chdir(cwd)
-
-
-class _TunesRestoreHint(logging.Filter):
-    """Ray Tune's notes on a run stopped by Ctrl+C that do not hold for a beanlib sweep: "Resume experiment with:
-    Tuner.restore(...)" (the same jobs.sweep command resumes it) and "Failed to fetch metrics for N trial(s)", one line
-    per trial that had not started. Its "Stop signal received" stays: it tells the user the stop was heard."""
-
-    HIDDEN = ("Experiment has been interrupted", "Failed to fetch metrics for")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(self.HIDDEN)
-
-
-@contextlib.contextmanager
-def _without_tunes_restore_hint():
-    """Hide `_TunesRestoreHint`'s notes from the loggers that write them, while Tune runs."""
-    hint, loggers = _TunesRestoreHint(), [logging.getLogger(n) for n in ("ray.tune.tune", "ray.tune.analysis.experiment_analysis")]
-    for logger in loggers:
-        logger.addFilter(hint)
-    try:
-        yield
-    finally:
-        for logger in loggers:
-            logger.removeFilter(hint)
 
 
 def _cwd() -> str | None:
