@@ -5,8 +5,11 @@
 
 Every setting of the study (or those named by --only) runs `epochs` epochs (and as many fine-tune epochs) on one
 CPU thread in a child process that loads the prepared data from the cache, trains, evaluates, and reports its peak
-resident memory (`beanlib.train.peak_rss_bytes`, what the sweep's rows record). Memory does not grow with epochs
-(every epoch reuses the same buffers), so one epoch measures a 20-epoch trial's peak. Prints one line per
+resident memory (`beanlib.train.peak_rss_bytes`, what the sweep's rows record). Without checkpoints one epoch
+gave a 20-epoch trial's peak (LeNet 12-32-240 at 299px, before the input pipeline's fix: 3.63 GiB here, 3.68 GiB in
+the 20-epoch sweep row). With
+them a 20-epoch sweep trial of that setting peaked at 3.79 GiB against 2.82-3.40 GiB for 2 epochs (one run each;
+the same run varies by 0.3-0.6 GiB): for a margin, measure with --epochs 20 or read the sweep's rows. Prints one line per
 setting and the largest (overall and LeNet's), against --limit-gib. With --checkpoint each trial also writes a
 checkpoint after every epoch but the last, as a sweep's trial does (so --epochs 2 or more), and the peak includes it.
 With --sweep the settings run as a sweep's trials instead: `jobs.sweep`'s own code on a local Ray, one trial at a
