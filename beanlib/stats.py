@@ -251,11 +251,17 @@ def against_original(rows: pd.DataFrame) -> list[float | None]:
     """Per summary row (`accuracies`, `original_test_accuracy`), `original_p` Holm-adjusted over every distinct
     comparison of the run, so that comparing many settings with the original does not find a difference by chance.
     A comparison met under several factors (the baseline's runs against one number) counts once."""
-    keys = [(tuple(a), o) for a, o in zip(rows["accuracies"], rows["original_test_accuracy"])]
+    keys = comparisons(rows)
     raw = {key: original_p(list(key[0]), key[1]) for key in dict.fromkeys(keys)}
     tested = [key for key, p in raw.items() if p is not None]
     adjusted = dict(zip(tested, holm([raw[key] for key in tested])))
     return [adjusted.get(key) for key in keys]
+
+
+def comparisons(rows: pd.DataFrame) -> list[tuple[tuple[float, ...], float]]:
+    """Per summary row, what `against_original` compares: (our runs' accuracies, the original's number). Rows with
+    equal keys are one comparison (the baseline under several factors)."""
+    return [(tuple(a), o) for a, o in zip(rows["accuracies"], rows["original_test_accuracy"])]
 
 
 def family_comparison(lenet: pd.DataFrame, inception: pd.DataFrame) -> str:

@@ -65,8 +65,8 @@ def run_sweep(opts: SweepOptions, out: Callable[[str], None] = print, progress: 
     done = store.finished()
     if opts.keep_models not in KEEP_MODELS:
         raise BeanlibError(f"unknown --keep-models {opts.keep_models!r}: use one of {', '.join(KEEP_MODELS)}")
-    todo = sorted((s for s in specs if done.get(s.trial_id) not in FINISHED and (not opts.only or s.setting in opts.only)),
-                  key=lambda s: -estimated_cost(s.config))
+    scope = [s for s in specs if not opts.only or s.setting in opts.only]  # what this sweep is to run
+    todo = sorted((s for s in scope if done.get(s.trial_id) not in FINISHED), key=lambda s: -estimated_cost(s.config))
     if opts.dry_run:
         preflight.print_plan(specs, done, out, len(class_names(opts.data)))
         return SweepSummary(len(specs), 0, done)
@@ -104,7 +104,6 @@ def run_sweep(opts: SweepOptions, out: Callable[[str], None] = print, progress: 
             if kept:
                 out("models kept (chosen on validation): " + ", ".join(f"{label} {trial}" for label, trial in kept.items())
                     + (f"; {len(dropped)} others removed" if dropped else "") + f", in {store.uri}/{MODELS}")
-    scope = [s for s in specs if not opts.only or s.setting in opts.only]
     summary = SweepSummary(len(specs), len(todo), {s.trial_id: statuses.get(s.trial_id, "missing") for s in scope},
                            time.perf_counter() - started)
     counts = {status: list(summary.statuses.values()).count(status) for status in sorted(set(summary.statuses.values()))}

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 
 from beanlib.config import CLASS_NAMES
-from beanlib.stats import ALPHA, against_original, by_factor, choose, convergence, family_choice, ran_in_full, setting_stats
+from beanlib.stats import (ALPHA, against_original, by_factor, choose, comparisons, convergence, family_choice, ran_in_full,
+                           setting_stats)
 
 # SEED_STUDY.md's reported test accuracy (percent) per factor setting, and what else it said.
 ORIGINAL: dict[str, dict[str, tuple[float | None, str]]] = {
@@ -54,7 +55,6 @@ def summarize(trials: pd.DataFrame) -> pd.DataFrame:
         groups.append({
             "factor": factor, "setting": label, "model": g["model"].iloc[0], **setting_stats(g), "chosen": False,
             "original_test_accuracy": original if original is not None else math.nan, "original_note": note,
-            "original_p": None,
             "trainable_params": _first(g["trainable_params"]), "total_params": _first(g["total_params"]),
             "train_seconds": float(ok["train_seconds"].mean()) if len(ok) else math.nan,
             "peak_rss_mib": float(ok["peak_rss_bytes"].max()) / 2**20 if ok["peak_rss_bytes"].notna().any() else math.nan,
@@ -128,8 +128,7 @@ def _beside(p) -> str:
 def beside_original(summary: pd.DataFrame) -> str:
     """How the original's numbers stand against ours, and how that is judged (Markdown)."""
     compared = summary[summary["original_p"].notna()]
-    compared = compared[~pd.Series([(tuple(a), o) for a, o in zip(compared["accuracies"], compared["original_test_accuracy"])],
-                                   index=compared.index).duplicated()]  # as beanlib.stats.against_original counts them
+    compared = compared[~pd.Series(comparisons(compared), index=compared.index).duplicated()]  # as against_original counts
     if compared.empty:
         return ("The original reported one run per setting; with one run per setting here too, whether a difference "
                 "from it is beyond the noise cannot be told (rerun with --repeats 3).") if summary["original_test_accuracy"].notna().any() else ""
