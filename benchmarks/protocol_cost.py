@@ -20,22 +20,26 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-FASTEST = 3  # epochs per phase whose median gives the phase's quiet pace
+FASTEST = 3  # epochs per phase whose median gives the phase's pace when least disturbed
 
 
-def quiet_seconds(epochs: pd.DataFrame) -> float:
-    """One trial's train seconds at the pace of its fastest epochs (see the module's docstring)."""
+def fastest_pace_seconds(epochs: pd.DataFrame) -> float:
+    """One trial's epoch seconds at the pace of its fastest epochs (see the module's docstring)."""
     return float(sum(len(e) * np.median(np.sort(e["seconds"].to_numpy())[:FASTEST]) for _, e in epochs.groupby("phase")))
 
 
-def cost_table(trials: pd.DataFrame, epochs: pd.DataFrame, order: dict[str, int]) -> pd.DataFrame:
-    """One row per setting, in `order` (setting -> rank): runs, test accuracies, wall, train and fastest-pace seconds,
-    images/s at that pace and peak memory."""
-    trials = trials[trials["status"] == "ok"].copy()
-    trials["quiet"] = [quiet_seconds(epochs[epochs["trial_id"] == t]) for t in trials["trial_id"]]
-    trials["wall"] = (trials["end_time"] - trials["start_time"]).dt.total_seconds().where(trials["resumed_from_epoch"].isna())
-    trials["extra"] = trials["feature_seconds"].fillna(0)  # features computed inside the trial count in its train s
+def per_trial(trials: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
+    """The trials that ran in full, with their fastest-pace train seconds (the features a trial computed itself
+    included, as in its train seconds) and their wall (None for a resumed trial: its wall is its last sitting's)."""
+    ok = trials[trials["status"] == "ok"]
+    pace = epochs[epochs["trial_id"].isin(ok["trial_id"])].groupby("trial_id").apply(fastest_pace_seconds, include_groups=False)
+    return ok.assign(fastest=ok["trial_id"].map(pace) + ok["feature_seconds"].fillna(0),
+                     wall=(ok["end_time"] - ok["start_time"]).dt.total_seconds().where(ok["resumed_from_epoch"].isna()))
 
+
+def cost_table(trials: pd.DataFrame, order: dict[str, int]) -> pd.DataFrame:
+    """One row per setting of `per_trial`'s trials, in `order` (setting -> rank): runs, test accuracies, wall, train
+    and fastest-pace seconds, images/s at that pace and peak memory."""
     def spread(values: pd.Series, fmt: str = "{:,.0f}") -> str:
         values = values.dropna()
         if values.empty:
@@ -51,8 +55,8 @@ def cost_table(trials: pd.DataFrame, epochs: pd.DataFrame, order: dict[str, int]
             "setting": setting, "model": t["model"].iloc[0], "n": len(t),
             "test %": ", ".join(f"{100 * a:.1f}" for a in t.sort_values("repeat")["test_accuracy"]),
             "wall s": spread(t["wall"]), "train s": spread(t["train_seconds"]),
-            "fastest-pace train s": spread(t["quiet"] + t["extra"]),
-            "images/s at that pace": spread(images / (t["quiet"] + t["extra"]), "{:.1f}"),
+            "fastest-pace train s": spread(t["fastest"]),
+            "images/s at that pace": spread(images / t["fastest"], "{:.1f}"),
             "peak GiB": spread(t["peak_rss_bytes"] / 2**30, "{:.2f}"),
             "resumed": int(t["resumed_from_epoch"].notna().sum()),
         })
@@ -71,15 +75,15 @@ def main(argv: list[str] | None = None) -> None:
     epochs = pd.read_parquet(f"{args.results}/epochs")
     study = json.loads(Path(args.results, "run.json").read_text())["study"]
     order = {setting: i for i, setting in enumerate(dict.fromkeys(s.setting for s in plan(study)))}
-    table = cost_table(trials, epochs, order)
+    ok = per_trial(trials, epochs)
+    table = cost_table(ok, order)
     doc = Doc()
     doc.table(table.drop(columns="model"))
     print(doc.to_markdown())
-    ok = trials[trials["status"] == "ok"]
     wall = (ok["end_time"].max() - ok["start_time"].min()).total_seconds()
     print(f"\n{len(ok)} trials; {ok['train_seconds'].sum():,.0f} s of training summed; first start to last end "
           f"{wall:,.0f} s ({wall / 3600:.1f} h), pauses between sessions included; "
-          f"{sum(quiet_seconds(epochs[epochs['trial_id'] == t]) for t in ok['trial_id']):,.0f} s at the fastest pace.")
+          f"{ok['fastest'].sum():,.0f} s at the fastest pace.")
     lenet = ok[ok["model"] == "lenet"]
     worst = lenet.loc[lenet["peak_rss_bytes"].idxmax()] if lenet["peak_rss_bytes"].notna().any() else None
     if worst is not None:
