@@ -32,6 +32,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from beanlib.errors import BeanlibError
+from beanlib.semantics import SEMANTICS, of_commit
 from beanlib.weights import weights_sha256
 
 FINISHED = ("ok", "diverged", "pruned")  # statuses a re-run keeps; "error", "oom" and "stopped" trials run again
@@ -112,6 +113,7 @@ TRIAL_SCHEMA = pa.schema(
         ("data_fingerprint", pa.string()),
         ("class_names", pa.list_(pa.string())),  # the data's classes in label order (null in rows from before: beans')
         ("beanlib_commit", pa.string()),
+        ("semantics", pa.int64()),  # what the trial computes, as a version (beanlib.semantics): bumped when that changes
         ("tensorflow_version", pa.string()),
         ("keras_version", pa.string()),
         ("backend_version", pa.string()),  # of the backend's own package (jax, tensorflow)
@@ -200,6 +202,7 @@ class RunStore:
 
         - run.json: a weights file in `overrides` named by content ("sha256:HEX"), no longer by its path.
         - every trials and epochs file: the current schema (new columns null), so plain readers see them all.
+        - every row from before `semantics`: the version its beanlib_commit had (beanlib.semantics.of_commit).
         - every trial keyed by `trial_id_of(row)` (its id from content; None: keep it): a trial whose id came from
           a path gets its content id, in its row, its epochs and both file names.
         Each file is replaced atomically and the steps are idempotent: an interrupted upgrade finishes on the next
@@ -232,6 +235,8 @@ class RunStore:
                 continue
             keyed.add(new)
             stale = tables[path].schema != TRIAL_SCHEMA
+            if "semantics" not in tables[path].schema.names:  # trained before rows recorded it: dated by its commit
+                row = {**row, "semantics": of_commit(row.get("beanlib_commit"))}
             if epochs is not None and (new != old or epochs.schema != EPOCH_SCHEMA):
                 rows = [{**e, "trial_id": new} for e in epochs.to_pylist()]
                 self._write_table("epochs", new, pa.Table.from_pylist(rows, schema=EPOCH_SCHEMA))
@@ -284,14 +289,25 @@ class RunStore:
         table = pa.Table.from_pylist([dict(zip(SPLIT_SCHEMA.names, row)) for row in rows], schema=SPLIT_SCHEMA)
         self._write_parquet(f"{self.path}/split.parquet", table)
 
+    def stale(self) -> dict[str, int | None]:
+        """trial_id -> semantics version of every finished trial that the current code would compute differently
+        (beanlib.semantics; None: not known)."""
+        table = self.read_table("trials", columns=["trial_id", "status", "semantics"]).to_pylist()
+        return {r["trial_id"]: r["semantics"] for r in table if r["status"] in FINISHED and r["semantics"] != SEMANTICS}
+
     def finished(self) -> dict[str, str]:
         """trial_id -> status of every trial with a row."""
         table = self.read_table("trials", columns=["trial_id", "status"])
         return dict(zip(table.column("trial_id").to_pylist(), table.column("status").to_pylist()))
 
     def write_trial(self, row: dict[str, Any], epochs: Iterable[dict[str, Any]]) -> None:
-        """Write one trial's epochs, then its row (the mark of a finished trial), each atomically."""
+        """Write one trial's epochs, then its row (the mark of a finished trial), each atomically. A finished row
+        it replaces (a stale trial trained again: `stale`) is set aside in RUN/superseded/, never overwritten."""
         trial_id = row["trial_id"]
+        if self._exists("trials", trial_id):
+            old = self._read_file(f"{self.path}/trials/{trial_id}.parquet").to_pylist()[0]
+            if old["status"] in FINISHED:
+                self._set_aside(trial_id, f".v{old.get('semantics')}")
         epoch_rows = [{"run": self.run, "trial_id": trial_id, **e} for e in epochs]
         self._write_table("epochs", trial_id, pa.Table.from_pylist(epoch_rows, schema=EPOCH_SCHEMA))
         self._write_table("trials", trial_id, pa.Table.from_pylist([{**row, "run": self.run}], schema=TRIAL_SCHEMA))
@@ -333,12 +349,12 @@ class RunStore:
         if self._exists(kind, trial_id):
             self.fs.delete_file(f"{self.path}/{kind}/{trial_id}.parquet")
 
-    def _set_aside(self, trial_id: str) -> None:
-        """Move a trial's files out of what readers see, into RUN/superseded/ (kept, not counted)."""
+    def _set_aside(self, trial_id: str, tag: str = "") -> None:
+        """Move a trial's files out of what readers see, into RUN/superseded/ (kept, not counted), as ID{tag}.parquet."""
         for kind in SCHEMAS:
             if self._exists(kind, trial_id):
                 self.fs.create_dir(f"{self.path}/{SUPERSEDED}/{kind}", recursive=True)
-                self.fs.move(f"{self.path}/{kind}/{trial_id}.parquet", f"{self.path}/{SUPERSEDED}/{kind}/{trial_id}.parquet")
+                self.fs.move(f"{self.path}/{kind}/{trial_id}.parquet", f"{self.path}/{SUPERSEDED}/{kind}/{trial_id}{tag}.parquet")
 
     def _write_bytes(self, path: str, payload: bytes) -> None:
         self._write_stream(path, lambda out: out.write(payload))
@@ -415,6 +431,7 @@ def trial_row(
         **metrics,
         "status": status,
         "error": error,
+        "semantics": SEMANTICS,
         "attempts": attempts,
         "node": node,
         "worker_pid": worker[0] if worker else None,
