@@ -21,8 +21,9 @@ from beanlib import tables
 from beanlib.errors import BeanlibError
 from beanlib.page import Doc
 from beanlib.results import RAN_IN_FULL, RunStore
-from beanlib.stats import by_factor, family_comparison, verdict, winners
-from beanlib.studies import trial_id_of_row
+from beanlib import semantics
+from beanlib.stats import by_factor, factorial, study_verdicts, winners
+from beanlib.studies import STUDIES, trial_id_of_row
 
 # What a reader must know about each kind of Inception-v3 base, keyed by the first word of weights.describe().
 BASE_NOTES = {
@@ -149,8 +150,21 @@ def _compose(trials, epochs, manifest, store, out: Path, data: str | None = None
         doc.p(f"**Partial report**: {len(missing)} planned trials have no row yet: " + "; ".join(missing[:40])
               + (" ..." if len(missing) > 40 else ""))
 
+    trials, labelled = _with_labels(trials, manifest, data)
+    if labelled:
+        doc.p(f"**Test labels**: {labelled} rows from before the column were given their test split's labels, read "
+              "from the run's data here (its fingerprint matches run.json), for the per-image verdicts.")
+    _semantics(doc, trials)
     factors = list(summary["factor"].drop_duplicates())
-    verdicts = {factor: verdict(summary[summary["factor"] == factor]).text() for factor in factors}
+    study = STUDIES.get(manifest.get("study"))
+    declared = {f.name: f for f in study.factors} if study else {}
+    chosen = tables.family_choices(trials)
+    found, families = study_verdicts(summary, trials, {name: f.planned() for name, f in declared.items()}, chosen)
+    verdicts = {factor: found[factor].text() for factor in factors}
+    for factor in factors:
+        if factor in declared and declared[factor].factorial:
+            runs = by_factor(trials)
+            verdicts[factor] += "; " + factorial.text(factorial.effects(runs[runs["factor"] == factor], declared[factor].factorial))
     doc.h(2, "The answer")
     doc.figure(figures.answer(summary, out / "figures"),
                "Test accuracy per setting (number of runs in brackets): mean and 95% t interval, single runs, "
@@ -169,12 +183,12 @@ def _compose(trials, epochs, manifest, store, out: Path, data: str | None = None
                    f"Learning curves per setting of {factor}: train (solid) and validation (dashed)")
 
     doc.h(2, "LeNet against Inception-v3: each family's setting chosen on validation")
-    chosen = tables.family_choices(trials)
     if chosen:
         doc.table(tables.family_table(chosen, epochs))
         doc.p("Each family's setting with the highest mean validation accuracy over all its settings; figures are "
               "means over its repeats, its confusion matrix the sum of theirs."
-              + (" " + family_comparison(chosen["lenet"], chosen["inception"]) if len(chosen) == 2 else ""))
+              + (f" The families' chosen settings: {families.text()}; in the same Holm family as the factors' contrasts."
+                 if families else ""))
         for model, runs in chosen.items():
             doc.figure(figures.confusion(runs, out / "figures"),
                        f"Test confusion matrix of the {model} setting chosen on validation ({runs['setting'].iloc[0]}, "
@@ -203,6 +217,39 @@ def _compose(trials, epochs, manifest, store, out: Path, data: str | None = None
     else:
         doc.table(failed[["trial_id", "setting", "repeat", "status", "attempts", "error"]].fillna(""))
     return doc, summary, missing, failed
+
+
+def _with_labels(trials: pd.DataFrame, manifest: dict, data: str | None) -> tuple[pd.DataFrame, int]:
+    """Rows with per-image predictions but no test labels (written before the column) get their test split's labels
+    where the run's data can be read here and is the run's; returns (rows, how many were given labels)."""
+    if "test_labels" not in trials:
+        trials = trials.assign(test_labels=None)
+    wanting = trials["test_predicted"].notna() & trials["test_labels"].isna()
+    if not wanting.any():
+        return trials, 0
+    trials = trials.copy()
+    given = 0
+    for size in sorted(trials.loc[wanting, "image_size"].unique()):
+        test, _ = _test_split(manifest, int(size), data)
+        rows = wanting & (trials["image_size"] == size)
+        if test is not None and (lengths := trials.loc[rows, "test_predicted"].map(len) == len(test.labels)).all():
+            trials.loc[rows, "test_labels"] = pd.Series([list(test.labels)] * int(rows.sum()), index=trials.index[rows])
+            given += int(rows.sum())
+    return trials, given
+
+
+def _semantics(doc: Doc, trials: pd.DataFrame) -> None:
+    """Say which settings mix runs of code that computes differently (beanlib.semantics), and which are stale."""
+    known = trials["semantics"].map(lambda v: -1 if pd.isna(v) else int(v))
+    mixed = sorted(s for s, v in known.groupby(trials["setting"]) if v.nunique() > 1)
+    stale = sorted(set(trials.loc[known != semantics.SEMANTICS, "setting"]))
+    if not stale:
+        return
+    counts = ", ".join(f"{n} rows {semantics.describe(None if v < 0 else v)}" for v, n in known.value_counts().sort_index().items())
+    doc.p(f"**Training semantics**: {counts}; this beanlib computes {semantics.describe(semantics.SEMANTICS)}. "
+          + (f"Settings whose runs mix versions: {', '.join(mixed)}; their seeds are not repeats of one computation. "
+             if mixed else f"Settings trained by other code than this beanlib's: {', '.join(stale)}. ")
+          + "`jobs.sweep ... --retrain-stale` (the run's own command) trains the stale rows again.")
 
 
 def _mistakes(doc: Doc, trials: pd.DataFrame, manifest: dict, data: str | None, out: Path) -> None:
@@ -247,11 +294,20 @@ def _test_split(manifest: dict, image_size: int, data: str | None):
     return loaded.test, ""
 
 
-SELECTION = ("**How the answer is chosen**: every best setting (each factor's, each family's) is chosen on the "
-             "validation split, by the mean validation accuracy of the weights each run reports (its last epoch, or "
-             "the epoch early stopping kept), and reported on the test split. Whether a factor's settings differ is "
-             "one test across all of them on test accuracy (one-way ANOVA, 5% level), which picks nothing first; only "
-             "then is the chosen setting compared with each other one (Welch t-tests, Holm-adjusted).")
+SELECTION = ("**How the answer is chosen and tested**: every best setting (each factor's, each family's) is chosen on "
+             "the validation split, by the mean validation accuracy of the weights each run reports (its last epoch, or "
+             "the epoch early stopping kept), and reported on the test split. The verdicts answer the study's own "
+             "questions (its planned contrasts: each one-at-a-time change against the baseline; each fine-tune against "
+             "head-only, then the fine-tunes with each other). Seeds are blocks and the test images one fixed sample: "
+             "each contrast is a difference taken within each seed and each test image, its variance from that seeds x "
+             "images table (crossed random effects: seeds, images, their interaction), with its own variance per "
+             "contrast and Satterthwaite's degrees of freedom, a t-test; every contrast of the report and the families' "
+             "comparison are Holm-adjusted together (5% family-wise). Rows without per-image predictions fall back to a "
+             "paired t-test over seeds, which holds for these test images only. Two intervals are shown per setting: "
+             "over seeds on these test images (how much another seed moves the number here), and for new images from "
+             "the same source by a new seed (what the accuracy is), the second from the same seeds x images table, or "
+             "the seeds' spread plus the binomial variance of the test images where there are no per-image "
+             "predictions. Each verdict says how large a difference its design finds 80% of the time.")
 
 
 def _planned(manifest: dict) -> dict[str, str] | None:

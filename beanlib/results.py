@@ -88,6 +88,7 @@ TRIAL_SCHEMA = pa.schema(
         ("confusion_matrix", pa.list_(pa.list_(pa.int64()))),  # rows: true class, columns: predicted
         ("test_predicted", pa.list_(pa.int64())),  # each test image's predicted label, in the test split's order
         ("test_confidence", pa.list_(pa.float64())),  # the probability given to that label
+        ("test_labels", pa.list_(pa.int64())),  # each test image's true label (per-image correctness, for the verdicts)
         ("trainable_params", pa.int64()),
         ("total_params", pa.int64()),
         ("epochs_run", pa.int64()),

@@ -22,10 +22,25 @@ from beanlib.weights import CONTENT_PREFIX, IMAGENET, RANDOM
 
 @dataclass(frozen=True)
 class Factor:
-    """One factor of a study: its name and its settings as (label, config overrides)."""
+    """One factor of a study: its name, its settings as (label, config overrides), the questions it asks (planned
+    contrasts: (setting, reference) label pairs; none declared: every pair), and for a full factorial the config
+    fields it crosses (analysed as main effects and two-way interactions)."""
 
     name: str
     settings: tuple[tuple[str, dict[str, Any]], ...]
+    contrasts: tuple[tuple[str, str], ...] = ()
+    factorial: tuple[str, ...] = ()
+
+    def planned(self) -> tuple[tuple[str, str], ...]:
+        """The contrasts the verdicts test: the declared ones, else (not a factorial) every pair of settings."""
+        if self.contrasts or self.factorial:  # a factorial's questions are its effects (beanlib.stats.factorial)
+            return self.contrasts
+        return tuple(itertools.combinations([label for label, _ in self.settings], 2))
+
+
+def against(reference: str, labels) -> tuple[tuple[str, str], ...]:
+    """Each setting against `reference` (one-factor-at-a-time: each change against the baseline)."""
+    return tuple((label, reference) for label in labels if label != reference)
 
 
 @dataclass(frozen=True)
@@ -77,14 +92,22 @@ def _counts_label(counts: tuple[int, int, int]) -> str:
     return "-".join(map(str, counts))
 
 
+def _one_at_a_time(name: str, labels: list[str], baseline: str) -> Factor:
+    return Factor(name, tuple((label, changes) for label, changes in labels), against(baseline, [label for label, _ in labels]))
+
+
 ONE_FACTOR_AT_A_TIME = (
-    Factor("kernel_size", tuple((f"kernel_size={k}", {"kernel_size": k}) for k in LENET_KERNEL_SIZES)),
-    Factor("kernel_counts", tuple((f"kernel_counts={_counts_label(c)}", {"kernel_counts": c}) for c in LENET_KERNEL_COUNTS)),
-    Factor("regularizer", tuple((f"regularizer={r}", {"regularizer": r}) for r in LENET_REGULARIZERS)),
+    _one_at_a_time("kernel_size", [(f"kernel_size={k}", {"kernel_size": k}) for k in LENET_KERNEL_SIZES], "kernel_size=5"),
+    _one_at_a_time("kernel_counts", [(f"kernel_counts={_counts_label(c)}", {"kernel_counts": c}) for c in LENET_KERNEL_COUNTS],
+                   "kernel_counts=6-16-120"),
+    _one_at_a_time("regularizer", [(f"regularizer={r}", {"regularizer": r}) for r in LENET_REGULARIZERS], "regularizer=none"),
 )
+# Does fine-tuning help (each fine-tune against head-only), and how many blocks (the fine-tunes with each other)?
+_FINE_TUNES = [label for label, u in INCEPTION_VARIANTS if u is not None]
 INCEPTION = Factor(
     "inception",
     tuple((label, {"model": "inception", "unfreeze_from": u}) for label, u in INCEPTION_VARIANTS),
+    against("head-only", _FINE_TUNES) + tuple(itertools.combinations(_FINE_TUNES, 2)),
 )
 # Alternatives to our fine-tuning choices (the original states neither rate nor BatchNorm handling), each beside
 # our default (rate 1e-5, BatchNorm on its moving statistics) for the top 2 and top 6 blocks: a 10x higher rate,
@@ -95,7 +118,7 @@ FINE_TUNE_ALTERNATIVES = tuple(
         for label, u in INCEPTION_VARIANTS if u in (249, 133)
         for setting in ((f"{label}, default", {"model": "inception", "unfreeze_from": u}),
                         (f"{label}, {short}", {"model": "inception", "unfreeze_from": u, name: value}))
-    ))
+    ), tuple((f"{label}, {short}", f"{label}, default") for label, u in INCEPTION_VARIANTS if u in (249, 133)))
     for name, value, short in (("fine_tune_learning_rate", 1e-4, "rate 1e-4"), ("batchnorm", "batch", "batch statistics"))
 )
 LENET_GRID = Factor(
@@ -104,6 +127,7 @@ LENET_GRID = Factor(
         (f"k{k}/{_counts_label(c)}/{r}", {"kernel_size": k, "kernel_counts": c, "regularizer": r})
         for k, c, r in itertools.product(LENET_KERNEL_SIZES, LENET_KERNEL_COUNTS, LENET_REGULARIZERS)
     ),
+    factorial=("kernel_size", "kernel_counts", "regularizer"),
 )
 
 STUDIES: dict[str, Study] = {

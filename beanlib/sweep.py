@@ -96,6 +96,9 @@ def run_sweep(opts: SweepOptions, out: Callable[[str], None] = print, progress: 
             if progress is not None:
                 progress.stop()
     statuses = store.finished()
+    if opts.retrain_stale:  # a stale row still there was not trained again (the sweep was stopped): not done
+        still = store.stale()
+        statuses = {t: "missing" if t in still else s for t, s in statuses.items()}
     if all(statuses.get(s.trial_id) in FINISHED for s in specs):
         checkpoint.drop(store, set(statuses))  # left by a driver that stopped between a row and its cleanup
         if opts.keep_models == "best":

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 
 from beanlib.config import CLASS_NAMES
-from beanlib.stats import (ALPHA, against_original, by_factor, choose, comparisons, convergence, family_choice, ran_in_full,
-                           setting_stats)
+from beanlib.stats import (ALPHA, accuracy, against_original, by_factor, choose, comparisons, family_choice, half_width,
+                           ran_in_full, setting_stats)
 
 # SEED_STUDY.md's reported test accuracy (percent) per factor setting, and what else it said.
 ORIGINAL: dict[str, dict[str, tuple[float | None, str]]] = {
@@ -39,8 +39,8 @@ ORIGINAL: dict[str, dict[str, tuple[float | None, str]]] = {
 }
 CONVERGED_WITHIN = 0.02  # "converged": first epoch within 2 accuracy points of the trial's best validation accuracy (ours)
 SUMMARY_COLUMNS = ["factor", "setting", "model", "n", "pruned", "failed", "test_accuracy", "ci95_low", "ci95_high", "std",
-                   "accuracies", "val_accuracy", "val_loss", "best_val_accuracy", "survivors_only", "chosen",
-                   "original_test_accuracy", "original_note", "original_p", "trainable_params", "total_params", "train_seconds",
+                   "new_low", "new_high", "new_covers", "semantics", "accuracies", "val_accuracy", "val_loss", "best_val_accuracy", "survivors_only", "chosen",
+                   "original_test_accuracy", "original_note", "original_p", "original_half_width", "trainable_params", "total_params", "train_seconds",
                    "peak_rss_mib", "base"]
 
 
@@ -52,8 +52,13 @@ def summarize(trials: pd.DataFrame) -> pd.DataFrame:
     for (factor, label), g in by_factor(trials).groupby(["factor", "label"], sort=False):
         ok = ran_in_full(g)
         original, note = original_numbers.get(factor, {}).get(label, (None, ""))
+        new = accuracy(g)
+        low, high = new.interval() if new else (math.nan, math.nan)
         groups.append({
             "factor": factor, "setting": label, "model": g["model"].iloc[0], **setting_stats(g), "chosen": False,
+            "new_low": low, "new_high": high,
+            "new_covers": "" if new is None else "seeds and images" if new.components.residual else "seeds and images (binomial)",
+            "semantics": ", ".join(f"v{v:.0f}" if pd.notna(v) else "unknown" for v in sorted(ok["semantics"].unique(), key=str)),
             "original_test_accuracy": original if original is not None else math.nan, "original_note": note,
             "trainable_params": _first(g["trainable_params"]), "total_params": _first(g["total_params"]),
             "train_seconds": float(ok["train_seconds"].mean()) if len(ok) else math.nan,
@@ -64,6 +69,7 @@ def summarize(trials: pd.DataFrame) -> pd.DataFrame:
     if frame.empty:
         return frame
     frame["original_p"] = pd.array(against_original(frame), dtype="Float64")
+    frame["original_half_width"] = [half_width(a) if pd.notna(o) else None for a, o in zip(frame["accuracies"], frame["original_test_accuracy"])]
     for _, rows in frame.groupby("factor", sort=False):
         chosen = choose(rows)
         if chosen is not None:
@@ -105,12 +111,14 @@ def factor_table(rows: pd.DataFrame) -> pd.DataFrame:
         "chosen": rows["chosen"].map({True: "yes", False: ""}),
         "val acc %": rows["val_accuracy"].map(pct),
         "test acc %": [pct(v) + (" (survivors only)" if s else "") for v, s in zip(rows["test_accuracy"], rows["survivors_only"])],
-        "95% CI": [interval(r) for _, r in rows.iterrows()],
+        "95% CI, seeds (these test images)": [interval(r) for _, r in rows.iterrows()],
+        "95% CI, new images": ["" if math.isnan(lo) else f"{lo:.1f} to {hi:.1f}" for lo, hi in zip(rows["new_low"], rows["new_high"])],
         "n": rows["n"],
         "pruned": rows["pruned"],
         "failed": rows["failed"],
-        "original %": [note if math.isnan(v) else f"{v:g}" + (f" ({note})" if note else "") + _beside(p)
-                       for v, note, p in zip(rows["original_test_accuracy"], rows["original_note"], rows["original_p"])],
+        "original %": [note if math.isnan(v) else f"{v:g}" + (f" ({note})" if note else "") + _beside(p, h)
+                       for v, note, p, h in zip(rows["original_test_accuracy"], rows["original_note"], rows["original_p"],
+                                                rows["original_half_width"])],
         "trainable": rows["trainable_params"].map(lambda v: "" if pd.isna(v) else f"{int(v):,}"),
         "total": rows["total_params"].map(lambda v: "" if pd.isna(v) else f"{int(v):,}"),
         "train s": rows["train_seconds"].map(lambda v: "" if math.isnan(v) else f"{v:.0f}"),
@@ -118,11 +126,12 @@ def factor_table(rows: pd.DataFrame) -> pd.DataFrame:
     }).loc[:, lambda t: [c for c in t.columns if c not in ("base", "pruned", "original %") or t[c].astype(bool).any()]]
 
 
-def _beside(p) -> str:
+def _beside(p, half) -> str:
     """The original's number against our runs' spread (`beanlib.stats.original_p`, Holm-adjusted), in words."""
     if pd.isna(p):
         return ""
-    return f"; {'beyond' if p < ALPHA else 'not beyond'} our runs' noise, p = {p:.3f}"
+    return (f"; beyond one run of ours, p = {p:.3f}" if p < ALPHA else
+            f"; not contradicted by our runs (p = {min(p, 1):.3f}; only a difference over {half:.1f} points could have been seen)")
 
 
 def beside_original(summary: pd.DataFrame) -> str:
@@ -138,7 +147,10 @@ def beside_original(summary: pd.DataFrame) -> str:
     return (f"**Beside the original**: its numbers are one run each, so each is judged against the spread of one run "
             f"of ours: a t prediction interval from our runs, two-sided, Holm-adjusted over the {len(compared)} "
             f"setting{'s' if len(compared) > 1 else ''} compared (5% level). "
-            + (f"Beyond our runs' noise: {listed}." if listed else "None differs beyond our runs' noise.")
+            + (f"Beyond our runs' noise: {listed}." if listed else "None is contradicted by our runs.")
+            + f" With {int(compared['n'].min())} runs, the prediction interval's half-width is "
+              f"{compared['original_half_width'].min():.1f} to {compared['original_half_width'].max():.1f} points: a "
+              "difference smaller than that could not have been seen, so 'not contradicted' is not 'the same'."
             + " The original's code, preprocessing and (for Inception-v3) base are not ours, so a difference beyond "
               "the noise says that something differs between the two studies, not which one is right.")
 
@@ -154,17 +166,42 @@ def family_choices(trials: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 
 def family_table(chosen: dict[str, pd.DataFrame], epochs: pd.DataFrame) -> pd.DataFrame:
-    """Each family's setting chosen on validation (`family_choices`), with its test figures averaged over its repeats."""
+    """Each family's setting chosen on validation (`family_choices`), with its test figures averaged over its repeats.
+    Epochs to converge count within the trial's last phase; images/s is given per phase (a cheap head phase on cached
+    features and a fine-tune are not one pace)."""
     rows = []
     for model, t in chosen.items():
         converged, gap = zip(*(convergence(epochs, trial_id, CONVERGED_WITHIN) for trial_id in t["trial_id"]))
         per_class = np.mean([list(a) for a in t["per_class_accuracy"]], axis=0)
         rows.append({"model": model, "setting": t["setting"].iloc[0], "n": len(t),
                      "val acc %": f"{100 * t['val_accuracy'].mean():.1f}", "test acc %": f"{100 * t['test_accuracy'].mean():.1f}",
-                     "epochs to converge": _mean_text(converged, "{:.1f}"), "train-val gap (points)": _mean_text(gap, "{:.1f}", 100),
-                     "train s": f"{t['train_seconds'].mean():.0f}", "images/s": f"{t['images_per_second'].mean():.0f}",
+                     "epochs to converge (last phase)": _mean_text(converged, "{:.1f}"),
+                     "train-val gap (points)": _mean_text(gap, "{:.1f}", 100),
+                     "train s": f"{t['train_seconds'].mean():.0f}", "images/s by phase": phase_pace(t, epochs),
                      "per-class %": ", ".join(f"{c}: {100 * a:.0f}" for c, a in zip(class_names(t), per_class))})
     return pd.DataFrame(rows)
+
+
+def phase_pace(runs: pd.DataFrame, epochs: pd.DataFrame) -> str:
+    """Training images per second of each phase, over the runs' epochs of that phase (epoch seconds only)."""
+    paces = []
+    for phase, e in epochs[epochs["trial_id"].isin(runs["trial_id"])].groupby("phase", sort=False):
+        per_epoch = runs.set_index("trial_id").loc[e["trial_id"], ["images_per_second", "train_seconds", "epochs_run"]]
+        images = (per_epoch["images_per_second"] * per_epoch["train_seconds"] / per_epoch["epochs_run"]).to_numpy()
+        if e["seconds"].sum() > 0:
+            paces.append(f"{phase} {images.sum() / e['seconds'].sum():.1f}")
+    return ", ".join(paces)
+
+
+def convergence(epochs: pd.DataFrame, trial_id: str, within: float) -> tuple[int | None, float | None]:
+    """(epochs into the trial's last phase until validation accuracy is first within `within` of that phase's best,
+    final train - validation accuracy gap)."""
+    e = epochs[epochs["trial_id"] == trial_id].sort_values("epoch")
+    if e.empty:
+        return None, None
+    last = e[e["phase"] == e["phase"].iloc[-1]]
+    reached = last[last["val_accuracy"] >= last["val_accuracy"].max() - within]
+    return int(reached["epoch"].iloc[0] - last["epoch"].iloc[0] + 1), float(e["accuracy"].iloc[-1] - e["val_accuracy"].iloc[-1])
 
 
 def _mean_text(values, fmt: str, scale: float = 1.0) -> str:

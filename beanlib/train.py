@@ -48,6 +48,7 @@ class TrialResult:
     confusion_matrix: list[list[int]] | None = None  # rows: true class, columns: predicted
     test_predicted: list[int] | None = None  # each test image's predicted label, in the test split's order
     test_confidence: list[float] | None = None  # the probability the model gave its predicted label
+    test_labels: list[int] | None = None  # each test image's true label: with test_predicted, per-image correctness
     class_names: list[str] | None = None  # the data's classes, in label order
     best_val_accuracy: float | None = None
     best_epoch: int | None = None
@@ -280,6 +281,7 @@ class _Trial:
         np.add.at(confusion, (labels, predicted), 1)
         result.test_accuracy = float(np.mean(predicted == labels))
         result.test_predicted = predicted.tolist()
+        result.test_labels = np.asarray(labels).tolist()
         result.test_confidence = np.exp(logits.max(1) - log_norm).tolist()  # softmax of the predicted logit
         result.per_class_accuracy = [float(confusion[c, c] / max(confusion[c].sum(), 1)) for c in range(n)]
         result.confusion_matrix = confusion.tolist()

@@ -6,8 +6,9 @@ Prints a Markdown table, one line per setting (its repeats' figures, mean and ra
 A trial that shared the CPUs with other work (tests, benchmarks, the sweep's other trial) ran slower than it would
 alone. Its epochs show it: every epoch of a phase does the same work, so the phase's fastest epochs give its pace
 when least disturbed. "fastest-pace train s" is that pace over all the trial's epochs: per phase, the median of its 3
-fastest epochs times its epochs (the first epoch's tracing, a few seconds, is left out). It is a lower bound, not a
-second measurement: what the trial would take alone on the machine, about. A trial resumed from a checkpoint ran over two
+fastest epochs times its epochs (the first epoch's tracing, a few seconds, is left out). It is an estimate, not a
+bound and not a second measurement: about what the trial would take alone on the machine (a median of 3, so some
+epochs ran faster still). A trial resumed from a checkpoint ran over two
 sessions: its train seconds are its epochs' (both sessions'), its wall only the last session's, so no wall is given.
 """
 

@@ -49,7 +49,7 @@ def test_report_tables_match_the_sweeps_rows(smoke_run, tmp_path):
     markdown = (tmp_path / "report" / "report.md").read_text()
     for setting in summary["setting"]:
         assert f"| {setting} |" in markdown
-    assert "one run per setting, so run-to-run noise is unknown" in markdown and "Partial report" not in markdown
+    assert "fewer than two seeds in common, so run-to-run noise is unknown" in markdown and "Partial report" not in markdown
     assert "; Keras backend tensorflow float32. " in markdown and "| CPU x1, tensorflow |" in markdown
     assert "**Inception-v3 base**: random init (not pretrained). Its numbers check the pipeline" in markdown
     # the sweep's one feature computation is said once, apart from the trials' own seconds; memory per trial is shown
@@ -149,16 +149,22 @@ def test_statistics_on_repeats(tmp_path):
         assert row["n"] == 3 and row["test_accuracy"] == pytest.approx(mean)
         assert (row["ci95_low"], row["ci95_high"]) == pytest.approx((mean - half, mean + half))
     markdown = (tmp_path / "constructed" / "report" / "report.md").read_text()
-    # kernel size: chosen on validation (test + 1 point here); the settings differ (the baseline trails by 11 points),
-    # and 3 leads 5 beyond the noise, but not 7 (one point, overlapping runs)
+    # kernel size: chosen on validation (test + 1 point here); each size against the baseline, paired by seed (these
+    # rows have no per-image predictions), Holm-adjusted over the study's three tested contrasts
+    def paired_p(first, second):
+        return stats.ttest_rel([100 * v for v in ACCURACIES[first]], [100 * v for v in ACCURACIES[second]]).pvalue
+
+    verdict_p = holm([paired_p("kernel_size=3", "baseline"), paired_p("kernel_size=7", "baseline"),
+                     paired_p("kernel_counts=3-8-60", "baseline")])
     verdict = next(line for line in markdown.splitlines() if line.startswith("chosen on validation: **kernel_size"))
-    assert verdict.startswith("chosen on validation: **kernel_size=3** (validation 73.0%, test 72.0%); the settings differ "
-                              "beyond the noise (one-way ANOVA on test accuracy over 3 settings, n = 3 each, p = 0.000)")
-    assert re.search(r"kernel_size=3 is ahead of kernel_size=5 \(\+11\.0 points, p = 0\.0\d\d\); "
-                     r"not distinguishable from kernel_size=7 \(\+1\.0, p = 0\.\d+\)", verdict), verdict
-    # kernel counts: 12-32-240 leads both others by 20 and 30 points, three tight runs each
-    assert re.search(r"\*\*kernel_counts=12-32-240\*\* .*kernel_counts=12-32-240 is ahead of kernel_counts=3-8-60 "
-                     r"\(\+30\.0 points, p = 0\.0\d\d\), kernel_counts=6-16-120 \(\+20\.0 points", markdown)
+    assert verdict.startswith("chosen on validation: **kernel_size=3** (validation 73.0%, test 72.0%); beyond the noise: "
+                              "kernel_size=3 against kernel_size=5: +11.0 points (95% CI +8.5 to +13.5), beyond the noise "
+                              f"(p = {verdict_p[0]:.3f}, Holm-adjusted); kernel_size=7 against kernel_size=5: +10.0 points"), verdict
+    assert "paired by seed only (rows without per-image predictions), so these hold for these test images only" in verdict
+    assert re.search(r"power: with 3 seeds a difference of \d+\.\d points would be found 80% of the time", verdict)
+    # kernel counts: 12-32-240 leads the baseline by exactly 20 points in every seed: no noise to test against
+    assert "kernel_counts=12-32-240 against kernel_counts=6-16-120: +20.0 points in every seed" in markdown
+    assert f"kernel_counts=3-8-60 against kernel_counts=6-16-120: -10.0 points (95% CI -12.5 to -7.5), beyond the noise (p = {verdict_p[2]:.3f}" in markdown
     assert "| kernel_counts=12-32-240 | yes | 82.0 | 81.0 |" in markdown  # the chosen setting, its validation and test means
     # the oom trial is listed with its error, and the unrun settings are reported missing
     assert "ResourceExhaustedError: OOM when allocating" in markdown and "| oom |" in markdown
@@ -173,9 +179,11 @@ def test_statistics_on_repeats(tmp_path):
     raw = [p_one_run(ACCURACIES["baseline"], 69.5), p_one_run(ACCURACIES["kernel_size=7"], 71.88),
            p_one_run(ACCURACIES["kernel_counts=3-8-60"], 58.59), p_one_run(ACCURACIES["baseline"], 69.0)]
     adjusted = holm(raw)  # tested on its own in tests/test_stats.py
+    half = stats.t.ppf(0.975, 2) * pd.Series([100 * v for v in ACCURACIES["kernel_size=7"]]).std() * math.sqrt(1 + 1 / 3)
     assert "| kernel_size=7 | | 72.0 | 71.0 | " in markdown.replace("|  |", "| |")
-    assert f"71.88; not beyond our runs' noise, p = {adjusted[1]:.3f} |" in markdown
-    assert f"58.59; {'beyond' if adjusted[2] < 0.05 else 'not beyond'} our runs' noise, p = {adjusted[2]:.3f} |" in markdown
+    assert (f"71.88; not contradicted by our runs (p = {adjusted[1]:.3f}; only a difference over {half:.1f} points could "
+            "have been seen) |") in markdown
+    assert f"58.59; beyond one run of ours, p = {adjusted[2]:.3f} |" in markdown if adjusted[2] < 0.05 else "58.59; not contradicted" in markdown
     assert "Holm-adjusted over the 4 settings compared" in markdown
     assert "parallel speed-up of" in markdown
 
@@ -240,7 +248,7 @@ def test_diverged_and_failed_runs_are_counted_apart_and_never_crash_the_report(t
     assert (summary.loc["top-2-blocks", "n"], summary.loc["top-2-blocks", "failed"]) == (0, 3)
     markdown = (root / "report" / "report.md").read_text()
     kernel_verdict = next(line for line in markdown.splitlines() if line.startswith("chosen on validation: **kernel_size"))
-    assert "not distinguishable from kernel_size=7 (+0.0, p = 1.000)" in kernel_verdict  # the diverged run is no NaN in a test
+    assert "kernel_size=7 against kernel_size=5: +10.5 points" in kernel_verdict  # the diverged run is no NaN in a test
     assert "| inception |" not in markdown  # no chosen Inception-v3 row without an accuracy
     assert "inception: no setting ran in full: nothing to choose." in markdown
     assert markdown.count("RuntimeError: boom") == 12
