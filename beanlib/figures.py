@@ -88,8 +88,8 @@ def mistakes(row: pd.Series, images: np.ndarray, labels: np.ndarray, out: Path, 
 
 
 def answer(summary: pd.DataFrame, out: Path) -> Path:
-    """The report's opening figure: per factor, each setting's mean test accuracy with its 95% interval and its
-    single runs, the original study's number as a marker beside it, and the setting chosen on validation marked."""
+    """The report's opening figure: per factor, each setting's mean test accuracy with its two 95% intervals (over
+    seeds on these test images; for new images) and its single runs, the original study's number as a marker beside it, and the setting chosen on validation marked."""
     factors = list(summary["factor"].drop_duplicates())
     heights = [int((summary["factor"] == f).sum()) for f in factors]
     fig, axes = plt.subplots(len(factors), 1, figsize=(8.5, 0.38 * sum(heights) + 0.75 * len(factors) + 0.6),
@@ -101,6 +101,8 @@ def answer(summary: pd.DataFrame, out: Path) -> Path:
         for i, row in rows.iterrows():
             color = "tab:green" if i == best else "tab:blue"
             ax.plot(row["accuracies"], [y[i]] * len(row["accuracies"]), "|", color="grey", ms=8, alpha=0.8)
+            if row["n"] >= 2 and not np.isnan(row.get("new_low", np.nan)):  # for new images: wider, behind
+                ax.plot([row["new_low"], row["new_high"]], [y[i]] * 2, "-", color=color, lw=6, alpha=0.2, solid_capstyle="butt")
             if row["n"] >= 2:
                 ax.errorbar(row["test_accuracy"], y[i], xerr=[[row["test_accuracy"] - row["ci95_low"]], [row["ci95_high"] - row["test_accuracy"]]],
                             fmt="o", color=color, capsize=3, ms=6)
@@ -118,12 +120,13 @@ def answer(summary: pd.DataFrame, out: Path) -> Path:
         ax.grid(axis="x", alpha=0.3)
     axes[-1, 0].set_xlabel("test accuracy (%)")
     handles = [
-        plt.Line2D([], [], marker="o", color="tab:blue", ls="", label="this run: mean, 95% CI"),
+        plt.Line2D([], [], marker="o", color="tab:blue", ls="", label="mean, 95% CI over seeds (these test images)"),
+        plt.Line2D([], [], color="tab:blue", lw=6, alpha=0.2, label="95% CI for new images"),
         plt.Line2D([], [], marker="o", color="tab:green", ls="", label="chosen on validation"),
         plt.Line2D([], [], marker="|", color="grey", ls="", ms=8, label="single runs"),
         plt.Line2D([], [], marker="D", color="tab:red", mfc="none", ls="", label="original study"),
     ]
-    axes[0, 0].legend(handles=handles, fontsize=7, loc="lower left", bbox_to_anchor=(0, 1.12), ncol=4, frameon=False)
+    axes[0, 0].legend(handles=handles, fontsize=7, loc="lower left", bbox_to_anchor=(0, 1.12), ncol=3, frameon=False)
     return _save(fig, out / "answer.png", dpi=100)
 
 

@@ -1,5 +1,5 @@
-"""What the sweep checks, records and shows before it runs anything: the options, the memory the data needs, the
-run's manifest, the environment its Ray workers get, and the dry run's table. No Ray import here."""
+"""What the sweep checks, records and shows before it runs anything: the options, stale trials, the memory the data
+needs, the run's manifest, the environment its Ray workers get, and the dry run's table. No Ray import here."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import os
 from typing import TYPE_CHECKING, Any, Callable
 
-from beanlib import backend
+from beanlib import backend, semantics
 from beanlib.config import CLASS_NAMES
 from beanlib.data import CARVE_FRACTIONS, CARVE_SEED, decoded_bytes
 from beanlib.errors import BeanlibError
@@ -16,6 +16,7 @@ from beanlib.studies import TrialSpec
 from beanlib.weights import content_identity
 
 if TYPE_CHECKING:
+    from beanlib.results import RunStore
     from beanlib.sweep import SweepOptions
 
 JOB_CONFIG = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray for the driver of a `ray job submit` job: the job's config
@@ -34,6 +35,27 @@ def check_options(opts: "SweepOptions", specs: list[TrialSpec]) -> None:
         raise BeanlibError(f"--scheduler {opts.scheduler} compares trials by validation accuracy, and study {opts.study} mixes "
                            "LeNet and Inception-v3, whose curves are not comparable: run one family per sweep "
                            "(e.g. --study lenet-full or --study inception), or use --scheduler fifo")
+
+
+def flag_stale(opts: "SweepOptions", store: "RunStore", specs: list[TrialSpec], done: dict[str, str],
+                out: Callable[[str], None]) -> dict[str, str]:
+    """Say which planned, finished trials older code computed differently (beanlib.semantics); with
+    --retrain-stale, count them as not done, so that they train again. Returns the statuses the sweep goes by."""
+    planned = {s.trial_id: s.setting for s in specs}
+    stale = {trial_id: v for trial_id, v in store.stale().items() if trial_id in planned}
+    if not stale:
+        return done
+    versions = ", ".join(f"{sum(v == version for v in stale.values())} {semantics.describe(version)}"
+                         for version in sorted(set(stale.values()), key=lambda v: -1 if v is None else v))
+    settings = ", ".join(sorted({planned[t] for t in stale}))
+    if opts.retrain_stale:
+        out(f"{len(stale)} finished trial(s) trained by code of other semantics ({versions}) train again with "
+            f"{semantics.describe(semantics.SEMANTICS)}; their rows are set aside in {store.uri}/superseded as each finishes")
+        return {t: s for t, s in done.items() if t not in stale}
+    out(f"warning: {len(stale)} finished trial(s) were trained by code of other semantics than this beanlib's "
+        f"{semantics.describe(semantics.SEMANTICS)}: {versions}; settings {settings}. They are kept and the report flags "
+        "them; --retrain-stale trains them again")
+    return done
 
 
 # The decoded images must fit in this share of the driver's available memory (ours: the rest is for decoding
@@ -83,7 +105,7 @@ def runtime_env() -> dict[str, Any]:
 def print_plan(specs: list[TrialSpec], done: dict[str, str], out: Callable[[str], None], num_classes: int) -> None:
     """The dry-run table: one line per trial with its factor, setting, config and parameter counts (for the data's
     `num_classes` classes)."""
-    from beanlib import backend
+    from beanlib import backend, semantics
     from beanlib.models import parameter_counts
 
     backend.needed()  # counting builds the models: the driver's set-up (no GPUs) comes first

@@ -117,16 +117,28 @@ def _replace_dir(staging: Path, out: Path) -> None:
 
 
 def _compose(trials, epochs, manifest, store, out: Path, data: str | None = None):
-    from beanlib import figures
-
     (out / "figures").mkdir(parents=True, exist_ok=True)
     doc = Doc()
     planned = _planned(manifest)
     extra = trials[~trials["trial_id"].isin(planned)] if planned is not None else trials.iloc[:0]
     trials = trials.drop(extra.index)  # rows from an older plan (changed defaults) would mix two experiments
+    trials, labelled = _with_labels(trials, manifest, data)
     summary = tables.summarize(trials)
     missing = [label for trial_id, label in (planned or {}).items() if trial_id not in set(trials["trial_id"])]
     failed = trials[~trials["status"].isin(("ok", "pruned"))]
+    _header(doc, trials, manifest, store, extra, missing, failed, labelled)
+    verdicts, families, chosen = _verdicts(summary, trials, manifest)
+    _factors(doc, summary, trials, epochs, verdicts, out)
+    doc.h(2, "LeNet against Inception-v3: each family's setting chosen on validation")
+    if chosen:
+        _families(doc, chosen, families, epochs, out)
+        _mistakes(doc, trials, manifest, data, out)
+    _runtime(doc, trials, failed)
+    return doc, summary, missing, failed
+
+
+def _header(doc: Doc, trials, manifest, store, extra, missing, failed, labelled: int) -> None:
+    """The report's title, what the run is, how it is analysed, and what a reader must know before the numbers."""
     pruned = trials[trials["status"] == "pruned"]
     tested = int(trials["confusion_matrix"].dropna().map(lambda m: sum(map(sum, m))).max() or 0) if trials["confusion_matrix"].notna().any() else 0
     doc.h(1, f"beanlib report: run `{store.run}` (study `{manifest.get('study')}`)")
@@ -149,28 +161,38 @@ def _compose(trials, epochs, manifest, store, out: Path, data: str | None = None
     if missing:
         doc.p(f"**Partial report**: {len(missing)} planned trials have no row yet: " + "; ".join(missing[:40])
               + (" ..." if len(missing) > 40 else ""))
-
-    trials, labelled = _with_labels(trials, manifest, data)
     if labelled:
         doc.p(f"**Test labels**: {labelled} rows from before the column were given their test split's labels, read "
               "from the run's data here (its fingerprint matches run.json), for the per-image verdicts.")
     _semantics(doc, trials)
-    factors = list(summary["factor"].drop_duplicates())
+
+
+def _verdicts(summary, trials, manifest) -> tuple[dict[str, str], object, dict]:
+    """(factor -> its verdict in words, the families' contrast, model -> its chosen setting's runs)."""
     study = STUDIES.get(manifest.get("study"))
     declared = {f.name: f for f in study.factors} if study else {}
     chosen = tables.family_choices(trials)
     found, families = study_verdicts(summary, trials, {name: f.planned() for name, f in declared.items()}, chosen)
-    verdicts = {factor: found[factor].text() for factor in factors}
-    for factor in factors:
+    runs = by_factor(trials)
+    verdicts = {}
+    for factor, verdict in found.items():
+        verdicts[factor] = verdict.text()
         if factor in declared and declared[factor].factorial:
-            runs = by_factor(trials)
             verdicts[factor] += "; " + factorial.text(factorial.effects(runs[runs["factor"] == factor], declared[factor].factorial))
+    return verdicts, families, chosen
+
+
+def _factors(doc: Doc, summary, trials, epochs, verdicts: dict[str, str], out: Path) -> None:
+    """The answer at a glance, then each factor: its table beside the original, its verdict, its curves."""
+    from beanlib import figures
+
+    factors = list(summary["factor"].drop_duplicates())
     doc.h(2, "The answer")
     doc.figure(figures.answer(summary, out / "figures"),
-               "Test accuracy per setting (number of runs in brackets): mean and 95% t interval, single runs, "
+               "Test accuracy per setting (number of runs in brackets): mean with its 95% interval over seeds on these "
+               "test images (bars) and for new images by a new seed (wide shaded band), single runs, "
                "the original study's reported number, and each factor's setting chosen on validation in green")
     doc.p(" ".join(f"{factor.replace('_', ' ')}: {verdicts[factor]}." for factor in factors))
-
     doc.h(2, "Factors, beside the original study")
     if line := tables.beside_original(summary):
         doc.p(line)
@@ -182,26 +204,31 @@ def _compose(trials, epochs, manifest, store, out: Path, data: str | None = None
         doc.figure(figures.learning_curves(epochs, by_factor(trials), factor, list(rows["setting"]), out / "figures"),
                    f"Learning curves per setting of {factor}: train (solid) and validation (dashed)")
 
-    doc.h(2, "LeNet against Inception-v3: each family's setting chosen on validation")
-    if chosen:
-        doc.table(tables.family_table(chosen, epochs))
-        doc.p("Each family's setting with the highest mean validation accuracy over all its settings; figures are "
-              "means over its repeats, its confusion matrix the sum of theirs."
-              + (f" The families' chosen settings: {families.text()}; in the same Holm family as the factors' contrasts."
-                 if families else ""))
-        for model, runs in chosen.items():
-            doc.figure(figures.confusion(runs, out / "figures"),
-                       f"Test confusion matrix of the {model} setting chosen on validation ({runs['setting'].iloc[0]}, "
-                       f"{len(runs)} runs summed)")
-        _mistakes(doc, trials, manifest, data, out)
 
+def _families(doc: Doc, chosen: dict, families, epochs, out: Path) -> None:
+    """Each family's chosen setting, their contrast, and their confusion matrices."""
+    from beanlib import figures
+
+    doc.table(tables.family_table(chosen, epochs))
+    doc.p("Each family's setting with the highest mean validation accuracy over all its settings; figures are "
+          "means over its repeats, its confusion matrix the sum of theirs."
+          + (f" The families' chosen settings: {families.text()}; in the same Holm family as the factors' contrasts."
+             if families else ""))
+    for model, runs in chosen.items():
+        doc.figure(figures.confusion(runs, out / "figures"),
+                   f"Test confusion matrix of the {model} setting chosen on validation ({runs['setting'].iloc[0]}, "
+                   f"{len(runs)} runs summed)")
+
+
+def _runtime(doc: Doc, trials, failed) -> None:
+    """Runtime, pruned trials, and failed or diverged ones."""
     doc.h(2, "Runtime")
     doc.table(tables.runtime_table(trials))
     doc.p(tables.speedup(trials))
     for line in (tables.shared_features(trials), tables.early_stopping(trials) if (trials["early_stop"].fillna(0) > 0).any() else ""):
         if line:
             doc.p(line)
-
+    pruned = trials[trials["status"] == "pruned"]
     if not pruned.empty:
         doc.h(2, "Pruned trials")
         doc.p(f"ASHA stopped {len(pruned)} trials part-way for trailing validation accuracy. They are listed here and "
@@ -210,13 +237,11 @@ def _compose(trials, epochs, manifest, store, out: Path, data: str | None = None
         doc.table(pd.DataFrame({"trial": pruned["trial_id"], "setting": pruned["setting"], "repeat": pruned["repeat"],
                                 "epochs run/planned": [f"{r:.0f}/{p:.0f}" for r, p in zip(pruned["epochs_run"], pruned["epochs_planned"])],
                                 "val acc % at the stop": (100 * pruned["val_accuracy"]).map(tables.pct)}))
-
     doc.h(2, "Failed and diverged trials")
     if failed.empty:
         doc.p("None.")
     else:
         doc.table(failed[["trial_id", "setting", "repeat", "status", "attempts", "error"]].fillna(""))
-    return doc, summary, missing, failed
 
 
 def _with_labels(trials: pd.DataFrame, manifest: dict, data: str | None) -> tuple[pd.DataFrame, int]:
@@ -307,7 +332,9 @@ SELECTION = ("**How the answer is chosen and tested**: every best setting (each 
              "over seeds on these test images (how much another seed moves the number here), and for new images from "
              "the same source by a new seed (what the accuracy is), the second from the same seeds x images table, or "
              "the seeds' spread plus the binomial variance of the test images where there are no per-image "
-             "predictions. Each verdict says how large a difference its design finds 80% of the time.")
+             "predictions; where seeds dominate it can be the narrower of the two, since it pools the seeds' few "
+             "degrees of freedom with the images' many (Satterthwaite). Each verdict says how large a difference its "
+             "design finds 80% of the time.")
 
 
 def _planned(manifest: dict) -> dict[str, str] | None:

@@ -23,7 +23,7 @@ from typing import Any, Callable
 import ray
 from ray import tune
 
-from beanlib import backend, checkpoint, preflight, scratch, semantics
+from beanlib import backend, checkpoint, preflight, scratch
 from beanlib.console import hide_native_logs, without_tunes_restore_hint
 from beanlib.data import class_names, load_beans
 from beanlib.errors import BeanlibError
@@ -62,7 +62,7 @@ def run_sweep(opts: SweepOptions, out: Callable[[str], None] = print, progress: 
     if not opts.dry_run:
         for change in store.upgrade(trial_id_of_row):  # a run from an older beanlib: current schema, ids from content
             out(f"upgraded {store.run}: {change}")
-    done = store.finished() if opts.dry_run else _flag_stale(opts, store, specs, store.finished(), out)
+    done = store.finished() if opts.dry_run else preflight.flag_stale(opts, store, specs, store.finished(), out)
     if opts.keep_models not in KEEP_MODELS:
         raise BeanlibError(f"unknown --keep-models {opts.keep_models!r}: use one of {', '.join(KEEP_MODELS)}")
     scope = [s for s in specs if not opts.only or s.setting in opts.only]  # what this sweep is to run
@@ -119,27 +119,6 @@ def run_sweep(opts: SweepOptions, out: Callable[[str], None] = print, progress: 
     out(f"{opts.study}: done in {summary.wall_seconds:.0f}s; trials by status: {counts}; results in {store.uri}")
     out(f"report: python -m jobs.report --results {store.uri}")
     return summary
-
-
-def _flag_stale(opts: SweepOptions, store: RunStore, specs: list[TrialSpec], done: dict[str, str],
-                out: Callable[[str], None]) -> dict[str, str]:
-    """Say which planned, finished trials older code computed differently (beanlib.semantics); with
-    --retrain-stale, count them as not done, so that they train again. Returns the statuses the sweep goes by."""
-    planned = {s.trial_id: s.setting for s in specs}
-    stale = {trial_id: v for trial_id, v in store.stale().items() if trial_id in planned}
-    if not stale:
-        return done
-    versions = ", ".join(f"{sum(v == version for v in stale.values())} {semantics.describe(version)}"
-                         for version in sorted(set(stale.values()), key=lambda v: -1 if v is None else v))
-    settings = ", ".join(sorted({planned[t] for t in stale}))
-    if opts.retrain_stale:
-        out(f"{len(stale)} finished trial(s) trained by code of other semantics ({versions}) train again with "
-            f"{semantics.describe(semantics.SEMANTICS)}; their rows are set aside in {store.uri}/superseded as each finishes")
-        return {t: s for t, s in done.items() if t not in stale}
-    out(f"warning: {len(stale)} finished trial(s) were trained by code of other semantics than this beanlib's "
-        f"{semantics.describe(semantics.SEMANTICS)}: {versions}; settings {settings}. They are kept and the report flags "
-        "them; --retrain-stale trains them again")
-    return done
 
 
 def _connect(opts: SweepOptions) -> None:

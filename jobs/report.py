@@ -22,7 +22,8 @@ def main(argv: list[str] | None = None) -> int:
 
     report = build_report(args.results, args.out, args.data)
     shown = report.summary[["factor", "setting", "chosen", "n", "val_accuracy", "test_accuracy", "ci95_low", "ci95_high",
-                            "original_test_accuracy", "original_p", "trainable_params"]]
+                            "new_low", "new_high", "original_test_accuracy", "original_p", "trainable_params"]].rename(
+        columns={"ci95_low": "seeds_low", "ci95_high": "seeds_high"})  # over seeds on these test images; for new images
     with pd.option_context("display.width", 160, "display.max_rows", 200, "display.float_format", "{:.1f}".format):
         print(shown.to_string(index=False))
     if report.missing:

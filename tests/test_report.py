@@ -158,13 +158,13 @@ def test_statistics_on_repeats(tmp_path):
                      paired_p("kernel_counts=3-8-60", "baseline")])
     verdict = next(line for line in markdown.splitlines() if line.startswith("chosen on validation: **kernel_size"))
     assert verdict.startswith("chosen on validation: **kernel_size=3** (validation 73.0%, test 72.0%); beyond the noise: "
-                              "kernel_size=3 against kernel_size=5: +11.0 points (95% CI +8.5 to +13.5), beyond the noise "
+                              "kernel_size=3 against kernel_size=5: +11.0 points (95% CI +8.5 to +13.5 before the correction), beyond the noise "
                               f"(p = {verdict_p[0]:.3f}, Holm-adjusted); kernel_size=7 against kernel_size=5: +10.0 points"), verdict
     assert "paired by seed only (rows without per-image predictions), so these hold for these test images only" in verdict
     assert re.search(r"power: with 3 seeds a difference of \d+\.\d points would be found 80% of the time", verdict)
     # kernel counts: 12-32-240 leads the baseline by exactly 20 points in every seed: no noise to test against
     assert "kernel_counts=12-32-240 against kernel_counts=6-16-120: +20.0 points in every seed" in markdown
-    assert f"kernel_counts=3-8-60 against kernel_counts=6-16-120: -10.0 points (95% CI -12.5 to -7.5), beyond the noise (p = {verdict_p[2]:.3f}" in markdown
+    assert f"kernel_counts=3-8-60 against kernel_counts=6-16-120: -10.0 points (95% CI -12.5 to -7.5 before the correction), beyond the noise (p = {verdict_p[2]:.3f}" in markdown
     assert "| kernel_counts=12-32-240 | yes | 82.0 | 81.0 |" in markdown  # the chosen setting, its validation and test means
     # the oom trial is listed with its error, and the unrun settings are reported missing
     assert "ResourceExhaustedError: OOM when allocating" in markdown and "| oom |" in markdown
@@ -326,3 +326,23 @@ def test_pruned_trials_are_listed_apart_and_left_out_of_the_statistics(tmp_path)
     # kernel_size=7 lost a run to ASHA: its mean is over the survivors, marked, and kept out of the choice and tests
     assert "| 70.5 (survivors only) |" in markdown
     assert "left out: kernel_size=7 (ASHA pruned some of their runs, so their means are survivors-only)" in markdown
+
+
+def test_a_full_factorial_reports_its_main_effects_and_interactions(tmp_path):
+    """lenet-full's report tests main effects and two-way interactions with seed blocks: here kernel size moves test
+    accuracy by 8 points per step and nothing else matters."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    store = RunStore(str(tmp_path), "full")
+    store.check_manifest({"study": "lenet-full", "data": "synthetic", "repeats": 2, "per_class": None, "overrides": {}})
+    for spec in plan("lenet-full", repeats=2):
+        acc = round(0.62 + 0.04 * (spec.config.kernel_size - 5) + rng.normal(0, 0.01), 3)
+        result = TrialResult("ok", [], test_accuracy=acc, val_accuracy=acc, val_loss=1 - acc, best_val_accuracy=acc,
+                             per_class_accuracy=[acc] * 3, confusion_matrix=[[40, 2, 1], [3, 38, 2], [1, 1, 40]],
+                             trainable_params=5, total_params=5, train_seconds=1.0)
+        store.write_trial(trial_row(spec, result, status="ok", data="synthetic"), [])
+    markdown = (build_report(str(tmp_path / "full")).out_dir / "report.md").read_text()
+    line = next(line for line in markdown.splitlines() if line.startswith("chosen on validation: **k7/"))
+    assert "main effects and two-way interactions (seed-blocked linear model, HC3-robust type-II F-tests, Holm over its 6 effects" in line
+    assert re.search(r"beyond the noise: kernel_size \(F = [\d.]+, p = 0\.\d{3}\)$", line), line

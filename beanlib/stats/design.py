@@ -144,9 +144,8 @@ def power(components: Components, difference: float, alpha: float, seeds: int | 
 
 def seeds_needed(components: Components, difference: float, alpha: float, most: int = 100) -> int | None:
     """Seeds needed to find a true `difference` (points) at POWER with these test images; None when no number of
-    seeds up to `most` does (the test split's own sampling noise is larger than that)."""
-    if components.conditional:
-        return None
+    seeds up to `most` does (the test split's own sampling noise is larger than that). For conditional components
+    (no per-image predictions) the answer holds for these test images only."""
     return next((s for s in range(2, most + 1) if detectable(components, alpha, s) <= difference), None)
 
 

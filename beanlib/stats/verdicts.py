@@ -40,7 +40,7 @@ class Contrast:
         low, high = self.estimate.interval()
         beyond = self.p_adjusted is not None and self.p_adjusted < ALPHA
         return (f"{self.setting} against {self.reference}: {self.estimate.value:+.1f} points (95% CI {low:+.1f} to "
-                f"{high:+.1f}), {'beyond' if beyond else 'not beyond'} the noise (p = {_p(self.p_adjusted)})")
+                f"{high:+.1f} before the correction), {'beyond' if beyond else 'not beyond'} the noise (p = {_p(self.p_adjusted)})")
 
 
 @dataclass
@@ -97,11 +97,12 @@ class Verdict:
         at = detectable(self.noise, ALPHA)
         corrected = detectable(self.noise, ALPHA / self.family_size)
         needed = seeds_needed(self.noise, PRACTICAL, ALPHA)
-        seeds = (f"{PRACTICAL:.0f} points would need {needed} seeds" if needed else
+        where = " (on these test images)" if self.noise.conditional else ""
+        seeds = (f"{PRACTICAL:.0f} points{where} would need {needed} seeds" if needed else
                  f"{PRACTICAL:.0f} points cannot be found with any number of seeds on these test images alone: "
                  "it needs a larger test split" if not self.noise.conditional else
-                 f"what {PRACTICAL:.0f} points would need is unknown without per-image predictions")
-        return (f"power: with {self.noise.seeds} seeds a difference of {at:.1f} points would be found 80% of the time "
+                 f"{PRACTICAL:.0f} points{where} would need more than 100 seeds")
+        return (f"power: with {self.noise.seeds} seeds a difference of {at:.1f} points would be found 80% of the time at 5% "
                 f"({corrected:.1f} after the correction over the study's {self.family_size} comparisons); smaller ones "
                 f"can go unseen, and {seeds}")
 
