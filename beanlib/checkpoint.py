@@ -1,6 +1,7 @@
 """A trial's state between two epochs, as a checkpoint directory: written by a running trial, read by its restart.
 
-    DIR/state.json      the phase, epochs done (counted across phases), the history so far, the trial's counters
+    DIR/state.json      the phase, epochs done (counted across phases), the history so far, the trial's counters,
+                        and the sha256 of the two arrays files (a damaged or replaced one is refused)
     DIR/variables.npz   every variable of the trial's model, in order: weights, BatchNorm statistics, and dropout's
                         seed state (so the restarted trial draws the same dropout masks as an uninterrupted one)
     DIR/optimizer.npz   the optimizer's variables, in order: its step count and moments
@@ -12,6 +13,7 @@ trial. `latest` finds the one an earlier sweep left for a trial; `drop` deletes 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import zipfile
@@ -45,7 +47,8 @@ def save(directory: str, state: TrialState) -> None:
     state.json is an incomplete checkpoint that `load` refuses."""
     for name, values in ((VARIABLES, state.variables), (OPTIMIZER, state.optimizer)):
         _savez(os.path.join(directory, name), values)
-    meta = {"format": FORMAT, "phase": state.phase, "epoch": state.epoch, "history": state.history, "counters": state.counters}
+    meta = {"format": FORMAT, "phase": state.phase, "epoch": state.epoch, "history": state.history, "counters": state.counters,
+            "sha256": {name: _sha256(os.path.join(directory, name)) for name in (VARIABLES, OPTIMIZER)}}
     with open(os.path.join(directory, STATE), "w") as f:
         json.dump(meta, f)
 
@@ -59,12 +62,24 @@ def load(directory: str) -> TrialState:
         meta = json.load(f)
     if meta.get("format") != FORMAT:
         raise ValueError(f"checkpoint format {meta.get('format')} in {directory}, this beanlib reads format {FORMAT}")
+    for name, expected in meta.get("sha256", {}).items():  # checkpoints from before the hashes are read as they are
+        if _sha256(os.path.join(directory, name)) != expected:
+            raise ValueError(f"{name} in {directory} does not match the sha256 its state.json recorded: damaged or replaced")
 
     def arrays(name: str) -> list[np.ndarray]:
         with np.load(os.path.join(directory, name)) as npz:
             return [npz[f"arr_{i}"] for i in range(len(npz.files))]
 
     return TrialState(meta["phase"], meta["epoch"], meta["history"], meta["counters"], arrays(VARIABLES), arrays(OPTIMIZER))
+
+
+def _sha256(path: str) -> str:
+    """A file's sha256, read in 1 MiB blocks (a checkpoint is saved while the trial holds its model: little memory)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _savez(path: str, values: Sequence) -> None:

@@ -40,6 +40,7 @@ class SweepOptions:
     checkpoint_seconds: float = 60.0  # a running trial's checkpoint after an epoch, at most this often (0: every epoch)
     keep_models: str = "best"  # a key of KEEP_MODELS
     fresh_workers: bool = False  # a new worker process per trial, not a warm one that ran an earlier trial
+    force: bool = False  # take the run's lease even while another driver holds it (beanlib.lease)
     retrain_stale: bool = False  # train again the finished trials that older code computed differently (beanlib.semantics)
     only: tuple[str, ...] = ()  # run only these settings now; the run's plan stays whole (the rest run later)
     early_stop: int | None = None  # patience in epochs (0 or None: off, the studies' fixed epochs)

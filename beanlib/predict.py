@@ -65,7 +65,22 @@ def choose_model(run_dir: str, which: str = "best") -> RunModel:
     path = store.model_path(row["model_file"])
     if store.fs.get_file_info(f"{store.path}/{row['model_file']}").type.name != "File":
         raise BeanlibError(f"the model file {path} of trial {which} is missing: re-run the sweep to train it again, or {choices}")
+    expected, found = row.get("model_sha256"), _sha256(store.fs, f"{store.path}/{row['model_file']}")
+    if isinstance(expected, str) and found != expected:
+        raise BeanlibError(f"the model file {path} of trial {which} is not the one its trial saved (sha256 {found[:12]}..., "
+                           f"its row records {expected[:12]}...): it was replaced or damaged; restore it from a copy of "
+                           f"the run, or {choices}")
     return RunModel(row, path)
+
+
+def _sha256(fs, path: str) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with fs.open_input_stream(path) as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def image_files(paths: list[str]) -> list[Path]:
@@ -85,11 +100,22 @@ def image_files(paths: list[str]) -> list[Path]:
     return files
 
 
-def classify(model: RunModel, files: list[Path], batch_size: int = 32) -> tuple[list[dict], list[Path]]:
-    """Predict each image's class: (one PREDICTION_SCHEMA row per image classified, the files that are not images)."""
+def load(model: RunModel):
+    """The Keras model in `model`'s file, loaded in Keras's safe mode; one BeanlibError when Keras refuses it."""
     import keras
 
-    net = keras.saving.load_model(_local(model.path), compile=False)
+    try:  # safe mode, always: a Lambda layer's code in a model file never runs here
+        net = keras.saving.load_model(_local(model.path), compile=False, safe_mode=True)
+    except Exception as error:  # Keras refuses unsafe or unreadable files with ValueError, OSError and others
+        raise BeanlibError(f"Keras refused to load the model file {model.path} ({type(error).__name__}: "
+                           f"{(str(error).splitlines() or [''])[0][:200]}): it is not a model beanlib saved; "
+                           "restore the run's copy of it, or pass --model with another trial's id") from None
+    return net
+
+
+def classify(model: RunModel, files: list[Path], batch_size: int = 32) -> tuple[list[dict], list[Path]]:
+    """Predict each image's class: (one PREDICTION_SCHEMA row per image classified, the files that are not images)."""
+    net = load(model)
     size = net.input_shape[1]
     decoded = [(path, decode_image(path, size)) for path in files]
     good = [(path, image) for path, image in decoded if image is not None]

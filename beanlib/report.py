@@ -79,6 +79,7 @@ def load_run(run_dir: str):
         hint = f"it holds runs {', '.join(sorted(runs))}: pass one, e.g. {run_dir.rstrip('/')}/{sorted(runs)[0]}" if runs else \
             "pass the RESULTS/RUN folder that jobs.sweep wrote"
         raise BeanlibError(f"{run_dir} is not a beanlib run (no run.json): {hint}")
+    store.set_aside_damaged()  # unreadable files: kept in RUN/damaged/, named in the report, their trials run again
     store.upgrade(trial_id_of_row)  # a run from an older beanlib: the current schema and content ids, in place
     manifest = store.manifest()
     trials = store.read_table("trials").to_pandas()
@@ -161,6 +162,10 @@ def _header(doc: Doc, trials, manifest, store, extra, missing, failed, labelled:
     if missing:
         doc.p(f"**Partial report**: {len(missing)} planned trials have no row yet: " + "; ".join(missing[:40])
               + (" ..." if len(missing) > 40 else ""))
+    if damaged := store.damaged():
+        doc.p(f"**Damaged files**: the files of {len(damaged)} trial(s) could not be read and were set aside in "
+              f"RUN/damaged/ (kept, not deleted): {', '.join(damaged)}. They are not in this report; the sweep's "
+              "same command runs them again.")
     if labelled:
         doc.p(f"**Test labels**: {labelled} rows from before the column were given their test split's labels, read "
               "from the run's data here (its fingerprint matches run.json), for the per-image verdicts.")

@@ -145,6 +145,7 @@ SCHEMAS = {"trials": TRIAL_SCHEMA, "epochs": EPOCH_SCHEMA}
 PROVENANCE = ("data", "weights_sha256")  # the latest data source; every path a weights file was read from -> sha256
 MODELS = "models"  # RUN/models/ID.keras: the kept models (--keep-models)
 SUPERSEDED = "superseded"  # RUN/superseded/{trials,epochs}/: a second finished row of one trial, set aside by upgrade
+DAMAGED = "damaged"  # RUN/damaged/{trials,epochs}/: a trial's files, one of which could not be read (set_aside_damaged)
 
 
 class RunStore:
@@ -255,6 +256,31 @@ class RunStore:
                 self._write_table("epochs", trial_id, self._read_file(path).to_pylist(), EPOCH_SCHEMA)
                 done.append(f"epochs {trial_id}: current schema")
         return done
+
+    def set_aside_damaged(self) -> list[str]:
+        """Move every trial whose trials or epochs file cannot be read (a partial copy, a failing disk) into
+        RUN/damaged/, both its files, kept and never deleted, so that readers see whole trials and the trial runs
+        again on the next sweep; returns one line per damaged file."""
+        lines = []
+        for kind in SCHEMAS:
+            for path in self._files(kind):
+                try:
+                    pq.read_table(path, filesystem=self.fs)
+                except (pa.ArrowException, OSError) as error:
+                    trial_id = path.rsplit("/", 1)[1][: -len(".parquet")]
+                    for each in SCHEMAS:
+                        if self._exists(each, trial_id):
+                            self.fs.create_dir(f"{self.path}/{DAMAGED}/{each}", recursive=True)
+                            self.fs.move(f"{self.path}/{each}/{trial_id}.parquet", f"{self.path}/{DAMAGED}/{each}/{trial_id}.parquet")
+                    lines.append(f"{self.uri}/{kind}/{trial_id}.parquet cannot be read ({type(error).__name__}: "
+                                 f"{(str(error).splitlines() or [''])[0][:120]}): moved with its trial's other file to "
+                                 f"{self.uri}/{DAMAGED}/; trial {trial_id} runs again on the next sweep")
+        return lines
+
+    def damaged(self) -> list[str]:
+        """The trials whose files were set aside as damaged (RUN/damaged/)."""
+        found = self.fs.get_file_info(pafs.FileSelector(f"{self.path}/{DAMAGED}", recursive=True, allow_not_found=True))
+        return sorted({i.base_name[: -len(".parquet")] for i in found if i.base_name.endswith(".parquet")})
 
     def write_model(self, trial_id: str, local_path: str) -> str:
         """Copy a trial's .keras file into RUN/models/ID.keras (atomically); returns that name, relative to the run."""

@@ -27,6 +27,7 @@ from beanlib import backend, checkpoint, preflight, scratch
 from beanlib.console import hide_native_logs, without_tunes_restore_hint
 from beanlib.data import class_names, load_beans
 from beanlib.errors import BeanlibError
+from beanlib.lease import Lease
 from beanlib.options import Progress, SweepOptions, SweepSummary  # noqa: F401 (SweepOptions: callers import it from here)
 from beanlib.results import FINISHED, MODELS, RunStore, provenance, trial_row
 from beanlib.stats import winners
@@ -58,13 +59,29 @@ def run_sweep(opts: SweepOptions, out: Callable[[str], None] = print, progress: 
     bases = sorted({s.config.weights for s in specs if s.config.model == "inception"})
     for weights in bases:
         check_weights(weights)  # a wrong weights file stops here, in one line, before any data or result is written
+    if opts.keep_models not in KEEP_MODELS:
+        raise BeanlibError(f"unknown --keep-models {opts.keep_models!r}: use one of {', '.join(KEEP_MODELS)}")
     store = RunStore(opts.results, opts.name or opts.study)
+    if opts.dry_run:
+        return _run(opts, specs, chosen, per_class, store, out, progress)
+    lease = Lease(store, out)  # one driver per run: a second one refuses in one line
+    lease.acquire(opts.force)
+    try:
+        return _run(opts, specs, chosen, per_class, store, out, progress)
+    finally:
+        lease.release()
+
+
+def _run(opts: SweepOptions, specs: list[TrialSpec], chosen: str, per_class: int | None, store: RunStore,
+         out: Callable[[str], None], progress: Progress | None) -> SweepSummary:
+    """The sweep once its plan is known and (unless a dry run) its lease held: bring the run up to date, train
+    what is unfinished, keep the models chosen on validation, and sum up."""
+    for line in store.set_aside_damaged():
+        out(f"warning: {line}")
     if not opts.dry_run:
         for change in store.upgrade(trial_id_of_row):  # a run from an older beanlib: current schema, ids from content
             out(f"upgraded {store.run}: {change}")
     done = store.finished() if opts.dry_run else preflight.flag_stale(opts, store, specs, store.finished(), out)
-    if opts.keep_models not in KEEP_MODELS:
-        raise BeanlibError(f"unknown --keep-models {opts.keep_models!r}: use one of {', '.join(KEEP_MODELS)}")
     scope = [s for s in specs if not opts.only or s.setting in opts.only]  # what this sweep is to run
     todo = sorted((s for s in scope if done.get(s.trial_id) not in FINISHED), key=lambda s: -estimated_cost(s.config))
     if opts.dry_run:
@@ -79,6 +96,7 @@ def run_sweep(opts: SweepOptions, out: Callable[[str], None] = print, progress: 
         _connect(opts)
         _check_object_store(data)
     carved = next(iter(data.values())).carved
+    bases = sorted({s.config.weights for s in specs if s.config.model == "inception"})
     store.check_manifest(preflight.manifest(opts, chosen, per_class, data), data_fingerprints={str(size): d.fingerprint for size, d in data.items()},
                          weights_sha256={w: weights_sha256(w) for w in bases if weights_sha256(w)})
     if carved:

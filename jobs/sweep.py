@@ -5,7 +5,7 @@
         [--results DIR] [--name RUN] [--address ADDR] [--cpus-per-trial N]
         [--gpus-per-trial F] [--max-concurrent N] [--retries N] [--per-class N] [--early-stop PATIENCE]
         [--scheduler fifo|asha] [--backend tensorflow|jax|torch] [--checkpoint-seconds S]
-        [--keep-models best|all|none] [--fresh-workers] [--only SETTING ...] [--retrain-stale] [--dry-run] [--verbose]
+        [--keep-models best|all|none] [--fresh-workers] [--only SETTING ...] [--retrain-stale] [--force] [--dry-run] [--verbose]
 """
 
 from __future__ import annotations
@@ -58,6 +58,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--retrain-stale", action="store_true",
                    help="train again the finished trials whose rows older code computed differently (their semantics "
                         "version, which a resume names); the old rows are set aside in RESULTS/RUN/superseded/")
+    p.add_argument("--force", action="store_true",
+                   help="sweep the run even while another driver holds it (its lease, RESULTS/RUN/.lease.json): for a "
+                        "driver known to be gone; one that died is taken over anyway once its heartbeat is 60 s old")
     p.add_argument("--dry-run", action="store_true", help="print the trial table and exit without training")
     p.add_argument("--verbose", action="store_true", help="also show Ray Tune's status tables and the workers' output")
     return p.parse_args(argv)
