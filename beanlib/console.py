@@ -22,6 +22,7 @@ import time
 NATIVE_LOG = re.compile(
     rb"^(WARNING: All log messages before absl::InitializeLog\(\) is called"
     rb"|[IWEF]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\]"  # absl: I0000 00:00:1796073643.352592   6983 port.cc:153]
+    rb"|\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [IWEF] \d+ \d+\] \S+:\d+:"  # Ray: [2026-12-06 17:36:24,537 W 9941 9941] gcs_client.cc:210:
     rb"|To enable the following instructions: .* rebuild TensorFlow)"  # the tail of TensorFlow's CPU-feature notice
 )
 

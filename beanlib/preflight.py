@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from beanlib import backend, semantics
@@ -105,7 +107,6 @@ def runtime_env() -> dict[str, Any]:
 def print_plan(specs: list[TrialSpec], done: dict[str, str], out: Callable[[str], None], num_classes: int) -> None:
     """The dry-run table: one line per trial with its factor, setting, config and parameter counts (for the data's
     `num_classes` classes)."""
-    from beanlib import backend, semantics
     from beanlib.models import parameter_counts
 
     backend.needed()  # counting builds the models: the driver's set-up (no GPUs) comes first
@@ -116,3 +117,44 @@ def print_plan(specs: list[TrialSpec], done: dict[str, str], out: Callable[[str]
         out(f"{spec.trial_id:18s} {spec.factor:36s} {spec.setting:26s} {spec.repeat:3d} {trainable:11,d} {total:11,d}  "
             f"{done.get(spec.trial_id, 'todo'):6s}  {json.dumps(shown)}")
     out(f"{len(specs)} trials, {sum(1 for s in specs if done.get(s.trial_id) in FINISHED)} finished")
+
+
+CONNECT_SECONDS = 30.0  # how long a cluster address may refuse connections before the sweep gives up (Ray: minutes)
+
+
+def check_reachable(address: str) -> None:
+    """Refuse, within CONNECT_SECONDS, a cluster address where nothing listens; Ray itself would wait for minutes.
+    "auto" and "local" are left to Ray (it finds or starts the cluster on this machine)."""
+    host, port = _host_port(address)
+    if host is None:
+        return
+    deadline = time.monotonic() + CONNECT_SECONDS
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=5):
+                return
+        except OSError as error:  # refused, timed out, unknown host: a head that is starting may refuse a while
+            if time.monotonic() >= deadline:
+                raise BeanlibError(f"no Ray cluster answers at {address} ({error.strerror or type(error).__name__}, for "
+                                   f"{CONNECT_SECONDS:.0f}s): check that its head is up (`ray status` there) and that port "
+                                   f"{port} is open from this machine, or leave out --address to run here") from None
+            time.sleep(2)
+
+
+def join_refused(address: str, error: BaseException) -> str:
+    """The one line for a cluster that answers but would not let this driver join (a token, a Ray version)."""
+    from importlib.metadata import version
+
+    return (f"the Ray cluster at {address} answers but did not let this driver join ({type(error).__name__}: "
+            f"{(str(error).splitlines() or [''])[0][:160]}): if it uses token authentication (RAY_AUTH_MODE=token), give "
+            "this driver its token (RAY_AUTH_TOKEN, or RAY_AUTH_TOKEN_PATH naming the token file); else check that it "
+            f"runs Ray {version('ray')}, as this driver does")
+
+
+def _host_port(address: str) -> tuple[str | None, int]:
+    """(host, port) of a Ray address: HOST:PORT (the GCS, default 6379) or ray://HOST:PORT (Ray Client, 10001)."""
+    if address in ("auto", "local"):
+        return None, 0
+    scheme, _, rest = address.rpartition("://")
+    host, _, port = rest.rstrip("/").partition(":")
+    return host, int(port) if port.isdigit() else (10001 if scheme == "ray" else 6379)

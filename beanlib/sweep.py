@@ -26,7 +26,7 @@ from ray import tune
 from beanlib import backend, checkpoint, preflight, scratch
 from beanlib.console import hide_native_logs, without_tunes_restore_hint
 from beanlib.data import class_names, load_beans
-from beanlib.errors import BeanlibError
+from beanlib.errors import BeanlibError, failure_status
 from beanlib.lease import Lease
 from beanlib.options import Progress, SweepOptions, SweepSummary  # noqa: F401 (SweepOptions: callers import it from here)
 from beanlib.results import FINISHED, MODELS, RunStore, provenance, trial_row
@@ -149,8 +149,16 @@ def _connect(opts: SweepOptions) -> None:
     if not ray.is_initialized():
         # No address: RAY_ADDRESS (set by `ray job submit`) or else a new local Ray in this process. Workers get
         # the driver's choice of C++ log level (beanlib.console); their output reaches the console with --verbose.
-        ray.init(address=opts.address, runtime_env=preflight.runtime_env(), configure_logging=False,
-                 log_to_driver=opts.verbose, logging_level=logging.INFO if opts.verbose else logging.WARNING)
+        address = opts.address or os.environ.get("RAY_ADDRESS")
+        if address:
+            preflight.check_reachable(address)
+        try:
+            ray.init(address=opts.address, runtime_env=preflight.runtime_env(), configure_logging=False,
+                     log_to_driver=opts.verbose, logging_level=logging.INFO if opts.verbose else logging.WARNING)
+        except ConnectionError as error:  # it answers, but refuses this driver: a token, a Ray version
+            if not address:
+                raise
+            raise BeanlibError(preflight.join_refused(address, error)) from None
 
 
 def _check_object_store(data: dict) -> None:
@@ -374,7 +382,7 @@ def _trainable(config: dict, data: dict, features: dict, context: dict) -> None:
             if status in FINISHED:
                 break
         except Exception as exc:  # recorded as the trial's row; the sweep goes on
-            status, error, result = _failure_status(exc), f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:500]}", None
+            status, error, result = failure_status(exc), f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:500]}", None
     row = trial_row(spec, result, status=status, error=error, attempts=attempts, data=context["data"], node=node,
                     worker=worker, device=device, start_time=start, end_time=datetime.now(timezone.utc), provenance=context["provenance"])
     if result is not None and result.model_sha256:  # the model goes into the run's storage before its row is written
@@ -408,17 +416,6 @@ def _resume_state(earlier: str | None) -> checkpoint.TrialState | None:
     except (ValueError, OSError) as error:
         logging.getLogger(__name__).warning("checkpoint %s not resumed (%s): the trial starts over", saved.path, error)
         return None
-
-
-# Out of memory as each backend says it: TensorFlow's and Python's exception classes, Ray's (a worker killed by its
-# memory monitor), torch's class and CUDA message, and XLA's status code (JAX raises a plain XlaRuntimeError).
-OOM_ERRORS = ("ResourceExhaustedError", "MemoryError", "OutOfMemoryError", "RESOURCE_EXHAUSTED", "CUDA out of memory")
-
-
-def _failure_status(error: BaseException | str) -> str:
-    """'oom' for an out-of-memory error (an exception, or the text Ray gives for a dead worker), else 'error'."""
-    text = error if isinstance(error, str) else " ".join([*(cls.__name__ for cls in type(error).__mro__), str(error)[:2000]])
-    return "oom" if any(name in text for name in OOM_ERRORS) else "error"
 
 
 class _WriteResults(tune.Callback):
@@ -479,7 +476,7 @@ class _WriteResults(tune.Callback):
         except Exception:  # the error file may be unreadable; the row matters more than its text
             error = ""
         lines = [line for line in error.splitlines() if line.strip()] or ["the trial's worker died"]
-        row = trial_row(spec, None, status=_failure_status(error), error=lines[-1][:500],
+        row = trial_row(spec, None, status=failure_status(error), error=lines[-1][:500],
                         attempts=trial.num_failures, data=self.data, provenance=self.prov,
                         end_time=datetime.now(timezone.utc))
         self.store.write_trial(row, [])

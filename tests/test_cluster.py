@@ -1,6 +1,11 @@
-"""cluster.yaml against Ray's own cluster-config schema. (A sweep over two nodes: tests/test_jobs.py, through
-`ray job submit` to two local nodes.)"""
+"""cluster.yaml against Ray's own cluster-config schema; a cluster that cannot be reached, or that wants a token, in
+one line. (A sweep over two nodes: tests/test_jobs.py, through `ray job submit` to two local nodes.)"""
 
+import os
+import socket
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,6 +23,12 @@ def test_cluster_yaml_passes_rays_schema():
     validate_config(prepare_config(config))  # raises on any schema violation
     assert config["available_node_types"]["head"]["resources"] == {"CPU": 0}  # trials only on GPU workers
     assert "[gpu]" in " ".join(config["setup_commands"])
+    # token authentication on every node, from a token file made outside the repository; the job server on loopback
+    options = " ".join(config["docker"]["run_options"])
+    assert "-e RAY_AUTH_MODE=token" in options and "-e RAY_AUTH_TOKEN_PATH=/home/ray/.ray/beanlib_auth_token" in options
+    assert config["file_mounts"]["/home/ray/.ray/beanlib_auth_token"].startswith("~/")
+    head = " ".join(config["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head and "0.0.0.0" not in head
 
 
 def test_cluster_yaml_schema_check_catches_a_typo():
@@ -28,3 +39,70 @@ def test_cluster_yaml_schema_check_catches_a_typo():
     config["max_worker"] = config.pop("max_workers")
     with pytest.raises(jsonschema.ValidationError):
         validate_config(prepare_config(config))
+
+
+def test_an_address_where_no_cluster_listens_is_one_line_not_minutes_of_waiting(tmp_path, monkeypatch):
+    from beanlib import preflight
+    from beanlib.errors import BeanlibError
+    from beanlib.sweep import SweepOptions, run_sweep
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setattr(preflight, "CONNECT_SECONDS", 2.0)
+    with pytest.raises(BeanlibError, match=rf"^no Ray cluster answers at 127\.0\.0\.1:{port} \(.*\): check that its head is up") as caught:
+        run_sweep(SweepOptions(study="smoke", data="synthetic", results=str(tmp_path), address=f"127.0.0.1:{port}"),
+                  out=lambda line: None)
+    assert "\n" not in str(caught.value)
+    assert not any(tmp_path.iterdir())  # nothing written, the run's lease released and its folder gone
+
+
+@pytest.fixture
+def token_cluster(tmp_path):
+    """A local Ray head with token authentication on (Ray 2.61's default): (address, token)."""
+    import secrets
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    token = secrets.token_hex(16)
+    temp_dir = tempfile.mkdtemp(prefix="rt-", dir="/tmp")  # Ray's socket paths must stay short
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # this venv's `ray`
+    subprocess.run(["ray", "start", "--head", f"--port={port}", f"--temp-dir={temp_dir}", "--num-cpus=1",
+                    "--include-dashboard=false", "--disable-usage-stats"], env=env, check=True, capture_output=True, timeout=180)
+    try:
+        yield f"127.0.0.1:{port}", token
+    finally:
+        _stop(temp_dir)
+
+
+def _stop(temp_dir: str) -> None:
+    """Kill the processes of the cluster under `temp_dir` only (`ray stop` would stop every Ray of the machine)."""
+    import psutil
+
+    doomed = [p for p in psutil.process_iter(["cmdline"]) if any(temp_dir in part for part in p.info["cmdline"] or [])]
+    for proc in doomed:
+        try:
+            doomed += proc.children(recursive=True)
+        except psutil.Error:
+            pass
+    for proc in doomed:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(doomed, timeout=60)
+
+
+def test_a_token_cluster_refuses_a_driver_with_the_wrong_token_in_one_line(token_cluster, tmp_path):
+    address, _ = token_cluster
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "TF_CPP_MIN_LOG_LEVEL", "BEANLIB_SET_TF_LOG_LEVEL")}
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="0" * 32)  # as a user's shell has them, with a wrong token
+    done = subprocess.run([sys.executable, "-m", "jobs.sweep", "--study", "smoke", "--data", "synthetic", "--results",
+                           str(tmp_path), "--address", address], env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2, done.stderr[-2000:]
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: the Ray cluster at {address} answers but did not let this "
+                                                   "driver join"), lines
+    assert "RAY_AUTH_TOKEN" in lines[0]

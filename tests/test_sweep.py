@@ -193,9 +193,9 @@ def test_asha_is_refused_on_a_study_that_mixes_model_families(tiny_study, tmp_pa
     (RuntimeError("shapes do not match"), "error"),
 ])
 def test_out_of_memory_is_recognised_on_every_backend(error, status):
-    from beanlib.sweep import _failure_status
+    from beanlib.errors import failure_status
 
-    assert _failure_status(error) == status
+    assert failure_status(error) == status
 
 
 def test_the_jobs_runtime_env_wins_and_is_never_merged_twice(monkeypatch):
