@@ -262,7 +262,7 @@ def _with_labels(trials: pd.DataFrame, manifest: dict, data: str | None) -> tupl
     for size in sorted(trials.loc[wanting, "image_size"].unique()):
         test, _ = _test_split(manifest, int(size), data)
         rows = wanting & (trials["image_size"] == size)
-        if test is not None and (lengths := trials.loc[rows, "test_predicted"].map(len) == len(test.labels)).all():
+        if test is not None and (trials.loc[rows, "test_predicted"].map(len) == len(test.labels)).all():
             trials.loc[rows, "test_labels"] = pd.Series([list(test.labels)] * int(rows.sum()), index=trials.index[rows])
             given += int(rows.sum())
     return trials, given

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from clusters import stop_cluster
 
 ray = pytest.importorskip("ray")
 
@@ -74,25 +75,7 @@ def token_cluster(tmp_path):
     try:
         yield f"127.0.0.1:{port}", token
     finally:
-        _stop(temp_dir)
-
-
-def _stop(temp_dir: str) -> None:
-    """Kill the processes of the cluster under `temp_dir` only (`ray stop` would stop every Ray of the machine)."""
-    import psutil
-
-    doomed = [p for p in psutil.process_iter(["cmdline"]) if any(temp_dir in part for part in p.info["cmdline"] or [])]
-    for proc in doomed:
-        try:
-            doomed += proc.children(recursive=True)
-        except psutil.Error:
-            pass
-    for proc in doomed:
-        try:
-            proc.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(doomed, timeout=60)
+        stop_cluster(temp_dir)
 
 
 def test_a_token_cluster_refuses_a_driver_with_the_wrong_token_in_one_line(token_cluster, tmp_path):

@@ -15,6 +15,7 @@ import pytest
 
 from beanlib.results import EPOCH_SCHEMA, TRIAL_SCHEMA
 from beanlib.studies import plan
+from clusters import stop_cluster
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = ["--study", "smoke", "--data", "synthetic", "--per-class", "2"]
@@ -109,26 +110,6 @@ def test_a_killed_driver_resumes_without_rerunning_or_duplicating_trials_on_a_sh
     assert epochs.groupby("trial_id").size().to_dict() == after.set_index("trial_id")["epochs_run"].to_dict()
 
 
-def _stop_cluster(temp_dir: str) -> None:
-    """Kill the Ray processes of the cluster under `temp_dir` and their workers; other Rays on this machine live on
-    (`ray stop` would end every Ray of the machine, a user's or another test's too)."""
-    import psutil
-
-    doomed = []
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            if proc.pid != os.getpid() and any(temp_dir in part for part in proc.info["cmdline"] or []):
-                doomed += [proc, *proc.children(recursive=True)]
-        except psutil.Error:
-            pass
-    for proc in doomed:
-        try:
-            proc.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(doomed, timeout=60)
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -175,7 +156,7 @@ def test_ray_job_submit_to_two_local_nodes_writes_the_smoke_study_and_exits_0(tm
         assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
         assert "smoke: done in" in job.stdout and "Traceback" not in job.stdout + job.stderr
     finally:
-        _stop_cluster(temp_dir)
+        stop_cluster(temp_dir)
     trials = pd.read_parquet(results / "smoke" / "trials")
     assert list(trials.columns) == TRIAL_SCHEMA.names  # the documented columns, in order
     assert list(pd.read_parquet(results / "smoke" / "epochs").columns) == EPOCH_SCHEMA.names
