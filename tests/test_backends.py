@@ -59,6 +59,7 @@ def _result(done: subprocess.CompletedProcess) -> dict:
     return json.loads(next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))[len("RESULT "):])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["tensorflow", "jax"])
 def test_the_same_trials_run_on_each_backend(backend, tmp_path):
     if importlib.util.find_spec(backend) is None:
@@ -97,6 +98,7 @@ def test_a_backend_that_is_unknown_or_not_installed_is_one_line_and_exit_2(name,
     assert done.returncode == 2 and done.stderr.strip() == message, done.stderr
 
 
+@pytest.mark.slow
 def test_the_jax_backend_reaches_every_ray_worker_and_the_run_records_it(tmp_path):
     if importlib.util.find_spec("jax") is None:
         pytest.skip("jax is not installed (pip install -e '.[test]' brings jax[cpu])")
@@ -212,6 +214,7 @@ def test_mixed_precision_computes_in_16_bits_with_float32_logits_weights_and_los
     assert result.status == "ok" and math.isfinite(result.test_loss)
 
 
+@pytest.mark.slow
 def test_gpu_study_benchmark_runs_a_study_in_a_row_and_packed_on_cpu(tmp_path):
     """benchmarks/gpu_study.py at a tiny size: per-trial compile and steady seconds, then both modes' wall time."""
     backend = "jax" if importlib.util.find_spec("jax") else "tensorflow"

@@ -78,6 +78,7 @@ def token_cluster(tmp_path):
         stop_cluster(temp_dir)
 
 
+@pytest.mark.slow
 def test_a_token_cluster_refuses_a_driver_with_the_wrong_token_in_one_line(token_cluster, tmp_path):
     address, _ = token_cluster
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "TF_CPP_MIN_LOG_LEVEL", "BEANLIB_SET_TF_LOG_LEVEL")}

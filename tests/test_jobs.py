@@ -17,6 +17,8 @@ from beanlib.results import EPOCH_SCHEMA, TRIAL_SCHEMA
 from beanlib.studies import plan
 from clusters import stop_cluster
 
+pytestmark = pytest.mark.slow  # every test here starts a sweep, a cluster or a subprocess job
+
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = ["--study", "smoke", "--data", "synthetic", "--per-class", "2"]
 

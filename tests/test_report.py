@@ -33,6 +33,7 @@ def smoke_run(tmp_path_factory):
     return root / "smoke"
 
 
+@pytest.mark.slow
 def test_report_tables_match_the_sweeps_rows(smoke_run, tmp_path):
     report = build_report(str(smoke_run), str(tmp_path / "report"))
     trials = pd.read_parquet(smoke_run / "trials")
@@ -67,6 +68,7 @@ def test_report_tables_match_the_sweeps_rows(smoke_run, tmp_path):
     assert markdown.index("](figures/answer.png)") < markdown.index("## Factors, beside the original study")
 
 
+@pytest.mark.slow
 def test_the_gallery_shows_what_each_familys_best_model_got_wrong(smoke_run, tmp_path):
     import numpy as np
 
@@ -92,6 +94,7 @@ def test_the_gallery_shows_what_each_familys_best_model_got_wrong(smoke_run, tmp
     assert "no gallery, the run's data" in (tmp_path / "elsewhere" / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_a_partial_run_gives_a_partial_report(smoke_run, tmp_path):
     import shutil
 

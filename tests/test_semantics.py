@@ -79,6 +79,7 @@ def test_old_commits_are_dated_by_git_ancestry():
 ray = pytest.importorskip("ray")
 
 
+@pytest.mark.slow
 def test_stale_rows_are_flagged_and_retrain_stale_replaces_them_with_nothing_duplicated(tmp_path, monkeypatch):
     """Rows that older code wrote (here: relabelled semantics 0) are named on resume and kept; --retrain-stale
     trains them again, sets the old rows aside in superseded/, and leaves one row per trial."""

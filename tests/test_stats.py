@@ -57,6 +57,7 @@ def test_with_no_real_difference_the_verdict_claims_one_at_most_at_the_nominal_r
     assert anova > ALPHA + margin, anova  # 0.13 on these studies
 
 
+@pytest.mark.slow
 def test_a_real_fine_tune_effect_is_found_about_as_often_as_the_power_statement_says():
     """top-6 6.5 points above the others, 3 seeds: the planned contrast (top-6 against head-only, Holm over six) finds
     it in a share of studies that lies between the stated power at ALPHA / 6 (Bonferroni, what Holm's first step

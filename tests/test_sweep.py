@@ -18,6 +18,8 @@ from beanlib.results import EPOCH_SCHEMA, TRIAL_SCHEMA  # noqa: E402
 from beanlib.studies import Factor, Study  # noqa: E402
 from beanlib.sweep import SweepOptions, run_sweep  # noqa: E402
 
+pytestmark = pytest.mark.slow  # most tests here start a Ray sweep
+
 TINY = Study(
     "tiny",
     "two LeNets and two Inception-v3 variants at 75px, one epoch, three images per class",

@@ -158,6 +158,7 @@ print(json.dumps(result.history[0]["loss"]))
 """
 
 
+@pytest.mark.slow
 def test_the_same_config_gives_the_same_history_at_the_same_cpus_per_trial():
     """What the README says about determinism: the same config, seed and thread count give the same history. Another
     thread count may change how TensorFlow splits its sums (the last digits differ on some machines, not on others),
@@ -181,6 +182,7 @@ def test_regularized_test_loss_includes_the_penalty_like_keras_val_loss(tiny_syn
     assert result.test_loss == pytest.approx(result.history[-1]["val_loss"], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_baseline_lenet_learns_the_synthetic_beans():
     data = load_beans("synthetic", 64)
     result = run_trial({"model": "lenet", "image_size": 64, "epochs": 5}, data)
@@ -246,6 +248,7 @@ def test_inception_runs_head_then_fine_tune_from_the_head_weights(small75, fresh
     assert np.array(result.confusion_matrix).sum() == len(small75.test)
 
 
+@pytest.mark.slow
 def test_cached_features_phase1_matches_whole_model_phase1(small75):
     """Same head, same seed, same batches: training the head on cached features reproduces the whole-model fit."""
     cached = run_trial(inception_config(seed=3, epochs=3), small75)
@@ -259,6 +262,7 @@ def test_cached_features_phase1_matches_whole_model_phase1(small75):
     assert cached.trainable_params == whole.trainable_params == 2_101_251
 
 
+@pytest.mark.slow
 def test_fine_tuning_on_the_frozen_blocks_cached_output_matches_fine_tuning_the_whole_model(small75):
     """Same seed, same batches: the open blocks trained on cached activations of the frozen ones reproduce the
     whole model's fine-tuning, epoch by epoch, and its test predictions."""
@@ -274,6 +278,7 @@ def test_fine_tuning_on_the_frozen_blocks_cached_output_matches_fine_tuning_the_
     assert cached.trainable_params == whole.trainable_params == 13_216_131
 
 
+@pytest.mark.slow
 def test_features_are_computed_once_per_weights_size_and_data(small75, fresh_feature_cache):
     first = run_trial(inception_config(seed=5, epochs=1), small75)
     again = run_trial(inception_config(seed=5, epochs=1, learning_rate=1e-2), small75)

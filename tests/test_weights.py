@@ -117,6 +117,7 @@ def test_a_weights_file_loaded_again_in_a_process_gives_the_files_values(tmp_pat
     keras.backend.clear_session()
 
 
+@pytest.mark.slow
 def test_a_truncated_weights_file_stops_the_sweep_before_anything_is_written(tmp_path):
     whole = tmp_path / "whole.weights.h5"
     _trained_looking_base().save_weights(whole)
@@ -164,6 +165,7 @@ def beans128(beans_dir):
 # --- with the pretrained base from $INCEPTION_WEIGHTS ------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_pretrained_base_beats_random_init_by_a_wide_margin_on_real_beans(beans128, pretrained_weights):
     head_only = {"model": "inception", "image_size": 128, "epochs": 20}
     pretrained = train.run_trial({**head_only, "weights": str(pretrained_weights)}, beans128)
