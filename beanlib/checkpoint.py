@@ -13,7 +13,6 @@ trial. `latest` finds the one an earlier sweep left for a trial; `drop` deletes 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import zipfile
@@ -22,6 +21,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import pyarrow.fs as pafs
+
+from beanlib.weights import file_sha256
 
 if TYPE_CHECKING:
     from beanlib.results import RunStore
@@ -48,7 +49,7 @@ def save(directory: str, state: TrialState) -> None:
     for name, values in ((VARIABLES, state.variables), (OPTIMIZER, state.optimizer)):
         _savez(os.path.join(directory, name), values)
     meta = {"format": FORMAT, "phase": state.phase, "epoch": state.epoch, "history": state.history, "counters": state.counters,
-            "sha256": {name: _sha256(os.path.join(directory, name)) for name in (VARIABLES, OPTIMIZER)}}
+            "sha256": {name: file_sha256(os.path.join(directory, name)) for name in (VARIABLES, OPTIMIZER)}}
     with open(os.path.join(directory, STATE), "w") as f:
         json.dump(meta, f)
 
@@ -63,7 +64,7 @@ def load(directory: str) -> TrialState:
     if meta.get("format") != FORMAT:
         raise ValueError(f"checkpoint format {meta.get('format')} in {directory}, this beanlib reads format {FORMAT}")
     for name, expected in meta.get("sha256", {}).items():  # checkpoints from before the hashes are read as they are
-        if _sha256(os.path.join(directory, name)) != expected:
+        if file_sha256(os.path.join(directory, name)) != expected:
             raise ValueError(f"{name} in {directory} does not match the sha256 its state.json recorded: damaged or replaced")
 
     def arrays(name: str) -> list[np.ndarray]:
@@ -71,15 +72,6 @@ def load(directory: str) -> TrialState:
             return [npz[f"arr_{i}"] for i in range(len(npz.files))]
 
     return TrialState(meta["phase"], meta["epoch"], meta["history"], meta["counters"], arrays(VARIABLES), arrays(OPTIMIZER))
-
-
-def _sha256(path: str) -> str:
-    """A file's sha256, read in 1 MiB blocks (a checkpoint is saved while the trial holds its model: little memory)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _savez(path: str, values: Sequence) -> None:

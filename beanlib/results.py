@@ -268,10 +268,7 @@ class RunStore:
                     pq.read_table(path, filesystem=self.fs)
                 except (pa.ArrowException, OSError) as error:
                     trial_id = path.rsplit("/", 1)[1][: -len(".parquet")]
-                    for each in SCHEMAS:
-                        if self._exists(each, trial_id):
-                            self.fs.create_dir(f"{self.path}/{DAMAGED}/{each}", recursive=True)
-                            self.fs.move(f"{self.path}/{each}/{trial_id}.parquet", f"{self.path}/{DAMAGED}/{each}/{trial_id}.parquet")
+                    self._set_aside(trial_id, folder=DAMAGED)
                     lines.append(f"{self.uri}/{kind}/{trial_id}.parquet cannot be read ({type(error).__name__}: "
                                  f"{(str(error).splitlines() or [''])[0][:120]}): moved with its trial's other file to "
                                  f"{self.uri}/{DAMAGED}/; trial {trial_id} runs again on the next sweep")
@@ -376,12 +373,12 @@ class RunStore:
         if self._exists(kind, trial_id):
             self.fs.delete_file(f"{self.path}/{kind}/{trial_id}.parquet")
 
-    def _set_aside(self, trial_id: str, tag: str = "") -> None:
-        """Move a trial's files out of what readers see, into RUN/superseded/ (kept, not counted), as ID{tag}.parquet."""
+    def _set_aside(self, trial_id: str, tag: str = "", folder: str = SUPERSEDED) -> None:
+        """Move a trial's files out of what readers see, into RUN/{folder}/ (kept, not counted), as ID{tag}.parquet."""
         for kind in SCHEMAS:
             if self._exists(kind, trial_id):
-                self.fs.create_dir(f"{self.path}/{SUPERSEDED}/{kind}", recursive=True)
-                self.fs.move(f"{self.path}/{kind}/{trial_id}.parquet", f"{self.path}/{SUPERSEDED}/{kind}/{trial_id}{tag}.parquet")
+                self.fs.create_dir(f"{self.path}/{folder}/{kind}", recursive=True)
+                self.fs.move(f"{self.path}/{kind}/{trial_id}.parquet", f"{self.path}/{folder}/{kind}/{trial_id}{tag}.parquet")
 
     def _write_bytes(self, path: str, payload: bytes) -> None:
         self._write_stream(path, lambda out: out.write(payload))
