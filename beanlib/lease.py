@@ -6,9 +6,10 @@ same run refuses in one line that names the first. A lease is stale, and taken o
 when its heartbeat is older than STALE_SECONDS, or at once when it names a process of this host that is gone
 (a killed driver's resume needs no wait). `--force` takes it over in any case.
 
-The lease is written whole (beanlib.results.write_atomically) and read back after SETTLE_SECONDS: of two drivers
-that start together, the one whose token is not there refuses. That holds on a local or shared filesystem and on
-object stores with read-after-write consistency (S3, GCS); a store without it could let two drivers through.
+On a local filesystem the first lease is created exclusively (O_EXCL): of two drivers that start together, one
+gets it. Elsewhere, and when a stale lease is taken over, the lease is written whole and read back after
+SETTLE_SECONDS, and the driver whose token is not there refuses: that holds on object stores with read-after-write
+consistency (S3, GCS) as long as a writer is not stalled longer than SETTLE_SECONDS between its read and its write.
 """
 
 from __future__ import annotations
@@ -52,7 +53,9 @@ class Lease:
             raise BeanlibError(self._refusal(held))
         if held:
             self.out(f"warning: took over the run from the driver {_who(held)} ({'--force' if force else self._why_stale(held)})")
-        self._write()
+            self._write()
+        elif not self._create():  # a local filesystem: the first lease is created exclusively, so no race
+            raise BeanlibError(self._refusal(self.read() or {}))
         time.sleep(SETTLE_SECONDS)
         now = self.read()
         if not now or now.get("token") != self.mine["token"]:
@@ -90,6 +93,24 @@ class Lease:
             write_atomically(self.store.fs, self.path, lambda out: out.write(payload))
         except OSError as error:
             raise BeanlibError(f"cannot write results under {self.store.uri} ({error}): pass a writable --results") from None
+
+    def _create(self) -> bool:
+        """Write the first lease; on a local filesystem only if none exists (O_EXCL): False when another driver's
+        lease appeared first. Elsewhere a plain write, settled by the read-back in `acquire`."""
+        if not isinstance(self.store.fs, pafs.LocalFileSystem):
+            self._write()
+            return True
+        payload = json.dumps({**self.mine, "heartbeat": time.time()}).encode()
+        try:
+            self.store.fs.create_dir(self.store.path, recursive=True)
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        except OSError as error:
+            raise BeanlibError(f"cannot write results under {self.store.uri} ({error}): pass a writable --results") from None
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+        return True
 
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_SECONDS):
