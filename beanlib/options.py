@@ -50,7 +50,8 @@ class SweepOptions:
     verbose: bool = False  # Ray Tune's status tables and the workers' output on the console
     # Tests of failure handling: "SETTING" makes that setting's trials raise; "SETTING:crash" kills
     # their worker process outright, as Ray's OOM killer or a lost node would; "SETTING:crash@E" kills it once
-    # epoch E is reported, once per trial (its restart runs on).
+    # epoch E is reported, once per trial (its restart runs on); "SETTING:lost-connection" raises what a dropped
+    # connection raises, an error of the environment rather than of the trial.
     inject_fault: tuple[str, ...] = ()
 
     def overrides(self) -> dict[str, Any]:

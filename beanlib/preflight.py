@@ -119,6 +119,61 @@ def print_plan(specs: list[TrialSpec], done: dict[str, str], out: Callable[[str]
     out(f"{len(specs)} trials, {sum(1 for s in specs if done.get(s.trial_id) in FINISHED)} finished")
 
 
+# What a finished trial leaves in a run besides its model and checkpoints: its Parquet rows and Tune's files. Four
+# times what seed-299's 36 trials left (76 KB each: trials, epochs and tune folders), for longer histories.
+TRIAL_FILES_BYTES = 300 * 2**10
+# A saved .keras model weighs 1.01-1.03x its float32 weights for LeNet and 1.19x for Inception-v3 (HDF5's own
+# overhead; measured on the smoke study's 12 models): 1.25x, and a megabyte for its config. A checkpoint holds the
+# weights and at most Adam's two moments of each; Tune writes the next before it deletes the last: two per trial.
+MODEL_BYTES_PER_PARAM, MODEL_OVERHEAD_BYTES = 1.25 * 4, 2**20
+
+
+def space_needed(specs: list[TrialSpec], keep_models: str, concurrency: int, num_classes: int) -> int:
+    """Bytes the trials `specs` will write to the run at most: their models (all kept until the run is complete,
+    under --keep-models best or all), two checkpoints for each of the `concurrency` largest, and their Parquet."""
+    from beanlib.studies import estimated_params
+
+    params = sorted((estimated_params(s.config, num_classes) for s in specs), reverse=True)
+    models = sum(int(MODEL_BYTES_PER_PARAM * p) + MODEL_OVERHEAD_BYTES for p in params) if keep_models != "none" else 0
+    checkpoints = sum(2 * 3 * 4 * p for p in params[:concurrency])
+    return models + checkpoints + len(specs) * TRIAL_FILES_BYTES
+
+
+def free_space(uri: str) -> int | None:
+    """Free bytes on the filesystem of a local results path (its nearest existing folder); None for a URI."""
+    import shutil
+
+    if "://" in uri and not uri.startswith("file://"):
+        return None
+    path = os.path.abspath(uri.removeprefix("file://"))
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    return shutil.disk_usage(path).free
+
+
+def check_space(store: "RunStore", todo: list[TrialSpec], keep_models: str, concurrency: int, num_classes: int) -> None:
+    """Refuse, before any training, a sweep whose writes will not fit in the free space at a local --results."""
+    need, free = space_needed(todo, keep_models, concurrency, num_classes), free_space(store.uri)
+    if free is not None and need > free:
+        raise BeanlibError(f"{store.uri} has {_mb(free)} free, and the {len(todo)} trial(s) to run will write up to "
+                           f"{_mb(need)} there (models kept under --keep-models {keep_models}, {concurrency} running "
+                           "trial(s)' checkpoints, Parquet): free space, pass --results on a larger disk, or use "
+                           "--keep-models none or --max-concurrent 1")
+
+
+def no_space_line(store: "RunStore", todo: list[TrialSpec], keep_models: str, num_classes: int) -> str:
+    """The one line for a sweep stopped by a full disk: where, how much is free, what the rest needs, how to go on."""
+    free = free_space(store.uri)
+    where = f"{store.uri} is full" + (f" ({_mb(free)} free)" if free is not None else "")
+    return (f"no space left on device: {where}; the {len(todo)} trial(s) not finished need up to "
+            f"{_mb(space_needed(todo, keep_models, 1, num_classes))} more there (one at a time): free space (or pass "
+            "--keep-models none), then run the same command: it resumes, and every finished trial is kept")
+
+
+def _mb(size: int) -> str:
+    return f"{size / 2**20:,.0f} MB" if size >= 2**20 else f"{size / 2**10:,.0f} KB"
+
+
 CONNECT_SECONDS = 30.0  # how long a cluster address may refuse connections before the sweep gives up (Ray: minutes)
 
 

@@ -247,6 +247,10 @@ def _runtime(doc: Doc, trials, failed) -> None:
         doc.p("None.")
     else:
         doc.table(failed[["trial_id", "setting", "repeat", "status", "attempts", "error"]].fillna(""))
+        if (environment := int((failed["status"] == "environment").sum())):
+            doc.p(f"{environment} of them (status environment) were stopped by their surroundings, not by an error of "
+                  "their own: a full or read-only disk, a permission, a lost connection or node. The same sweep command "
+                  "trains them again.")
 
 
 def _with_labels(trials: pd.DataFrame, manifest: dict, data: str | None) -> tuple[pd.DataFrame, int]:

@@ -35,7 +35,7 @@ from beanlib.errors import BeanlibError
 from beanlib.semantics import SEMANTICS, of_commit
 from beanlib.weights import weights_sha256
 
-FINISHED = ("ok", "diverged", "pruned")  # statuses a re-run keeps; "error", "oom" and "stopped" trials run again
+FINISHED = ("ok", "diverged", "pruned")  # statuses a re-run keeps; "error", "oom" and "environment" trials run again
 RAN_IN_FULL = ("ok", "diverged")  # the report's statistics come from these; a pruned trial stopped part-way
 
 _CONFIG_COLUMNS = [
@@ -73,7 +73,7 @@ TRIAL_SCHEMA = pa.schema(
         ("weights_sha256", pa.string()),  # content hash of a weights file; null for imagenet, none and LeNet
         ("data", pa.string()),
         ("per_class", pa.int64()),
-        ("status", pa.string()),  # ok, diverged, pruned (by ASHA), error, oom
+        ("status", pa.string()),  # ok, diverged, pruned (by ASHA), error, oom, environment (beanlib.errors)
         ("error", pa.string()),
         ("attempts", pa.int64()),
         ("train_loss", pa.float64()),

@@ -238,6 +238,25 @@ def _setting_key(config: TrialConfig) -> str:
     return json.dumps({k: v for k, v in config.identity().items() if k != "seed"}, sort_keys=True)
 
 
+# What TensorBoard's HParams view shows of each trial: its place in the study and the settings the studies vary.
+HPARAMS = ("model", "image_size", "epochs", "learning_rate", "seed", "kernel_size",
+           "kernel_counts", "regularizer", "unfreeze_from", "fine_tune_epochs", "batchnorm")
+
+
+def hparams(spec: dict) -> dict[str, Any]:
+    """A trial's entry in Tune's grid: its id and HPARAMS values (TensorBoard's HParams view shows them as
+    trial/NAME), strings and numbers only, as TensorBoard takes them ("none" for an unset value)."""
+    placed = TrialSpec.from_dict(spec)
+    values = {"trial_id": placed.trial_id, "factor": placed.factor, "setting": placed.setting, "repeat": placed.repeat,
+              **{name: spec["config"].get(name) for name in HPARAMS}}
+    return {k: "-".join(map(str, v)) if isinstance(v, (list, tuple)) else "none" if v is None else v for k, v in values.items()}
+
+
+def trial_name(spec: dict) -> str:
+    """Tune's name for a trial (its tables, the dashboard): the beanlib id, setting and repeat."""
+    return f"{spec['trial_id']} {spec['setting']} r{spec['repeat']}"
+
+
 # Inception-v3's forward pass at 299px, in multiply-adds (Szegedy et al. 2016: about 5.7 billion); it scales with area.
 INCEPTION_MACS_299 = 5.7e9
 INCEPTION_LAYERS = 311  # layers of keras.applications.InceptionV3(include_top=False)
@@ -272,6 +291,24 @@ def _lenet_macs(config: TrialConfig) -> float:
         if i < 2:
             side //= 2
     return total + side * side * channels * 50
+
+
+INCEPTION_BASE_PARAMS = 21_802_784  # keras.applications.InceptionV3(include_top=False), at any image size
+
+
+def estimated_params(config: TrialConfig, num_classes: int = 3) -> int:
+    """A trial's model parameters, all of them, without building it: what its saved model and checkpoints weigh
+    (tests check it against Keras's count)."""
+    if config.model == "inception":
+        return INCEPTION_BASE_PARAMS + (2048 + 1) * 1024 + (1024 + 1) * num_classes  # base, Dense(1024), logits
+    side, channels, total = config.image_size, 3, 0
+    for i, filters in enumerate(config.kernel_counts):
+        side -= config.kernel_size - 1
+        total += (config.kernel_size ** 2 * channels + 1) * filters
+        channels = filters
+        if i < 2:
+            side //= 2
+    return total + (side * side * channels + 1) * 50 + (50 + 1) * num_classes
 
 
 def _applicable(values: dict[str, Any]) -> dict[str, Any]:

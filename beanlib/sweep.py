@@ -26,12 +26,12 @@ from ray import tune
 from beanlib import backend, checkpoint, preflight, scratch
 from beanlib.console import hide_native_logs, without_tunes_restore_hint
 from beanlib.data import class_names, load_beans
-from beanlib.errors import BeanlibError, failure_status
+from beanlib.errors import BeanlibError, failure_status, first_line, no_space
 from beanlib.lease import Lease
 from beanlib.options import Progress, SweepOptions, SweepSummary  # noqa: F401 (SweepOptions: callers import it from here)
 from beanlib.results import FINISHED, MODELS, RunStore, provenance, trial_row
 from beanlib.stats import winners
-from beanlib.studies import STUDIES, TrialSpec, estimated_cost, plan, trial_id_of_row
+from beanlib.studies import STUDIES, TrialSpec, estimated_cost, hparams, plan, trial_id_of_row, trial_name
 from beanlib.weights import check_weights, weights_sha256
 
 # Default share of a GPU per trial when the cluster has GPUs, from packing measured on an H200 (Keras on JAX,
@@ -68,6 +68,12 @@ def run_sweep(opts: SweepOptions, out: Callable[[str], None] = print, progress: 
     lease.acquire(opts.force)
     try:
         return _run(opts, specs, chosen, per_class, store, out, progress)
+    except Exception as error:  # a full disk, wherever a write met it (a row, a model, Tune's state): one line
+        if not no_space(error):
+            raise
+        done = store.finished()
+        rest = [s for s in specs if done.get(s.trial_id) not in FINISHED]
+        raise BeanlibError(preflight.no_space_line(store, rest, opts.keep_models, len(class_names(opts.data)))) from None
     finally:
         lease.release()
 
@@ -95,6 +101,8 @@ def _run(opts: SweepOptions, specs: list[TrialSpec], chosen: str, per_class: int
     if todo:
         _connect(opts)
         _check_object_store(data)
+        concurrency = opts.max_concurrent or int(ray.cluster_resources().get("CPU", 1) // opts.cpus_per_trial) or 1
+        preflight.check_space(store, todo, opts.keep_models, min(len(todo), concurrency), len(class_names(opts.data)))
     carved = next(iter(data.values())).carved
     bases = sorted({s.config.weights for s in specs if s.config.model == "inception"})
     store.check_manifest(preflight.manifest(opts, chosen, per_class, data), data_fingerprints={str(size): d.fingerprint for size, d in data.items()},
@@ -195,9 +203,9 @@ def _tune(opts: SweepOptions, store: RunStore, todo: list[TrialSpec], data: dict
     tuner = tune.Tuner(
         trainable,
         # specs travel in `context`; the config holds the trial id and, for TensorBoard's HParams view, its settings
-        param_space={"trial": tune.grid_search([_hparams(spec) for spec in specs.values()])},
+        param_space={"trial": tune.grid_search([hparams(spec) for spec in specs.values()])},
         tune_config=tune.TuneConfig(max_concurrent_trials=opts.max_concurrent, scheduler=SCHEDULERS[opts.scheduler](todo),
-                                    trial_name_creator=lambda trial: _trial_name(specs[trial.config["trial"]["trial_id"]]),
+                                    trial_name_creator=lambda trial: trial_name(specs[trial.config["trial"]["trial_id"]]),
                                     trial_dirname_creator=lambda trial: trial.config["trial"]["trial_id"],
                                     # Warm workers: a worker that finished a trial runs the next one that asks for the
                                     # same resources, with its runtime, imports and data already loaded (run_trial
@@ -258,25 +266,6 @@ SCHEDULERS: dict[str, Callable[[list[TrialSpec]], Any]] = {"fifo": lambda todo: 
 # `beanlib.stats.winners` chooses on validation; every trial saves its model until then, since the choice needs
 # every row. "none" saves none.
 KEEP_MODELS = ("best", "all", "none")
-
-
-# What TensorBoard's HParams view shows of each trial: its place in the study and the settings the studies vary.
-HPARAMS = ("model", "image_size", "epochs", "learning_rate", "seed", "kernel_size",
-           "kernel_counts", "regularizer", "unfreeze_from", "fine_tune_epochs", "batchnorm")
-
-
-def _hparams(spec: dict) -> dict[str, Any]:
-    """A trial's entry in Tune's grid: its id and HPARAMS values (TensorBoard's HParams view shows them as
-    trial/NAME), strings and numbers only, as TensorBoard takes them ("none" for an unset value)."""
-    placed = TrialSpec.from_dict(spec)
-    values = {"trial_id": placed.trial_id, "factor": placed.factor, "setting": placed.setting, "repeat": placed.repeat,
-              **{name: spec["config"].get(name) for name in HPARAMS}}
-    return {k: "-".join(map(str, v)) if isinstance(v, (list, tuple)) else "none" if v is None else v for k, v in values.items()}
-
-
-def _trial_name(spec: dict) -> str:
-    """Tune's name for a trial (its tables, the dashboard): the beanlib id, setting and repeat."""
-    return f"{spec['trial_id']} {spec['setting']} r{spec['repeat']}"
 
 
 def _resources(opts: SweepOptions, has_gpus: bool) -> dict[str, dict[str, float]]:
@@ -375,6 +364,8 @@ def _trainable(config: dict, data: dict, features: dict, context: dict) -> None:
                 os._exit(17)
             if spec.setting in context["inject_fault"]:
                 raise RuntimeError(f"injected fault in setting {spec.setting}")
+            if f"{spec.setting}:lost-connection" in context["inject_fault"]:
+                raise ConnectionResetError(f"injected: the connection of setting {spec.setting} was reset")
             result = run_trial(spec.config, trial_data, features=shared, cpus=cpus, use_gpu=bool(gpu_ids), gpu_share=gpu_share,
                                on_epoch=report, on_checkpoint=report_checkpoint,
                                checkpoint_seconds=context["checkpoint_seconds"], resume=resume, save_model=model_file)
@@ -382,11 +373,16 @@ def _trainable(config: dict, data: dict, features: dict, context: dict) -> None:
             if status in FINISHED:
                 break
         except Exception as exc:  # recorded as the trial's row; the sweep goes on
-            status, error, result = failure_status(exc), f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:500]}", None
+            status, error, result = failure_status(exc), first_line(exc), None
+            if status == "environment":  # a full disk, a lost connection: another attempt now meets the same
+                break
     row = trial_row(spec, result, status=status, error=error, attempts=attempts, data=context["data"], node=node,
                     worker=worker, device=device, start_time=start, end_time=datetime.now(timezone.utc), provenance=context["provenance"])
     if result is not None and result.model_sha256:  # the model goes into the run's storage before its row is written
-        row["model_file"] = RunStore(*context["results"].rsplit("/", 1)).write_model(spec.trial_id, model_file)
+        try:
+            row["model_file"] = RunStore(*context["results"].rsplit("/", 1)).write_model(spec.trial_id, model_file)
+        except (OSError, BeanlibError) as exc:  # the storage refused it (full, read-only, gone): not the trial's doing
+            row.update(status="environment", error=first_line(exc))
     if model_file and os.path.exists(model_file):
         os.remove(model_file)
     last = result.history[-1] if result and result.history else {"epoch": 0, "val_accuracy": 0.0}  # for a scheduler
@@ -444,6 +440,8 @@ class _WriteResults(tune.Callback):
             return
         self.written.add(trial_id)
         row = json.loads(result["beanlib_row"])
+        if no_space(row["error"]):  # its row would meet the same full disk: stop the sweep (run_sweep's one line)
+            raise OSError(f"trial {trial_id}: {row['error']}")
         for key in ("start_time", "end_time"):
             row[key] = datetime.fromisoformat(row[key])
         self.store.write_trial(row, json.loads(result["beanlib_epochs"]))
@@ -476,6 +474,8 @@ class _WriteResults(tune.Callback):
         except Exception:  # the error file may be unreadable; the row matters more than its text
             error = ""
         lines = [line for line in error.splitlines() if line.strip()] or ["the trial's worker died"]
+        if no_space(error):
+            raise OSError(f"trial {spec.trial_id}: {lines[-1]}")
         row = trial_row(spec, None, status=failure_status(error), error=lines[-1][:500],
                         attempts=trial.num_failures, data=self.data, provenance=self.prov,
                         end_time=datetime.now(timezone.utc))

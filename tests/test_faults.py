@@ -131,3 +131,53 @@ def test_the_sweep_names_a_damaged_file_in_one_line_and_plans_its_trial_again(tm
     warnings = [line for line in lines if line.startswith("warning: ")]
     assert len(warnings) == 1 and f"{spec.trial_id}.parquet cannot be read" in warnings[0] and "runs again" in warnings[0]
     assert spec.trial_id not in summary.statuses and (tmp_path / "smoke" / "damaged" / "trials" / path.name).exists()
+
+
+@pytest.mark.parametrize("error, status", [
+    (OSError(28, "No space left on device"), "environment"),
+    (OSError("[Errno 28] Error writing bytes to file. Detail: [errno 28] No space left on device"), "environment"),  # pyarrow's
+    (PermissionError(13, "Permission denied"), "environment"),
+    (ConnectionResetError("reset by peer"), "environment"),
+    ("ray.exceptions.NodeDiedError: the node is dead", "environment"),  # the text Ray gives for a trial's lost node
+    (ValueError("shapes (3,) and (4,) do not match"), "error"),
+    (MemoryError(), "oom"),
+])
+def test_what_the_environment_did_to_a_trial_is_told_apart_from_the_trials_own_error(error, status):
+    from beanlib.errors import failure_status
+
+    assert failure_status(error) == status
+
+
+def test_a_full_disk_is_recognised_through_the_errors_raised_on_top_of_it():
+    from beanlib.errors import no_space
+
+    try:
+        try:
+            raise OSError(28, "No space left on device", "/r/trials/x.parquet")
+        except OSError as error:
+            raise BeanlibError("cannot write results") from None  # as RunStore words it, its cause hidden
+    except BeanlibError as wrapped:
+        assert no_space(wrapped)
+    assert not no_space(BeanlibError("cannot write results (Permission denied)")) and not no_space(None)
+
+
+def test_a_sweep_whose_writes_cannot_fit_is_refused_with_the_figures(tmp_path, monkeypatch):
+    """Before training, the run's writes (kept models, checkpoints, Parquet) are weighed against the free space at
+    --results: a sweep that keeps every model is refused in one line where one that keeps none fits."""
+    import shutil
+    from collections import namedtuple
+
+    from beanlib import preflight
+
+    specs, store = plan("smoke"), RunStore(str(tmp_path), "smoke")
+    keep_all, keep_none = (preflight.space_needed(specs, keep, 2, 3) for keep in ("all", "none"))
+    assert keep_all > keep_none > 0
+    free = (keep_all + keep_none) // 2
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: namedtuple("usage", "total used free")(2 * free, free, free))
+    with pytest.raises(BeanlibError) as caught:
+        preflight.check_space(store, specs, "all", 2, 3)
+    message = str(caught.value)
+    assert message.startswith(f"{tmp_path}/smoke has {free / 2**20:,.0f} MB free, and the 12 trial(s) to run will write "
+                              f"up to {keep_all / 2**20:,.0f} MB there") and "\n" not in message
+    preflight.check_space(store, specs, "none", 2, 3)  # fits: no error
+    assert not (tmp_path / "smoke").exists()  # nothing written by the check

@@ -2,6 +2,7 @@
 
 import os
 import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -131,10 +132,13 @@ def _submit(command: list[str], env: dict, wait: float = 180) -> subprocess.Comp
 
 def test_ray_job_submit_to_two_local_nodes_writes_the_smoke_study_and_exits_0(tmp_path):
     """Two `ray start` nodes on one machine, as in the field report where every row was written and yet the job
-    exited 1: Ray removed the job's working directory under the driver, and Tune's bookkeeping then failed."""
+    exited 1: Ray removed the job's working directory under the driver, and Tune's bookkeeping then failed. The
+    nodes run with token authentication (cluster.yaml's setting, Ray 2.61's default): a submit without the token is
+    refused and creates no job; the README's commands, with the token file, run the study."""
     port, dashboard = _free_port(), _free_port()
-    # Ray >= 2.52 turns token authentication on for local clusters; the CLI must be told to use it.
-    env = _env(RAY_AUTH_MODE="token", RAY_USAGE_STATS_ENABLED="0")
+    token_file = tmp_path / "auth_token"
+    token_file.write_text(secrets.token_hex(32))
+    env = _env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_file), RAY_USAGE_STATS_ENABLED="0")
     temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: socket paths
     # Ports of our own for what Ray fixes by default (the job agent's 52365, the client server's 10001): another Ray on
     # this machine (a user's, or a sweep running beside the tests) holds those, and a head whose job agent cannot bind
@@ -153,10 +157,18 @@ def test_ray_job_submit_to_two_local_nodes_writes_the_smoke_study_and_exits_0(tm
         results = tmp_path / "results"  # absolute: the job runs in a copy of the working dir
         # The user's own runtime env sets keys the sweep also sets for its workers: the job's values win, no merge error.
         runtime_env = '{"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_BACKEND": "tensorflow"}}'
-        job = _submit(["ray", "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--working-dir", ".",
-                       "--runtime-env-json", runtime_env, "--", "python", "-m", "jobs.sweep", *SMOKE, "--results", str(results)], env)
+        submit = ["ray", "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--working-dir", ".",
+                  "--runtime-env-json", runtime_env, "--", "python", "-m", "jobs.sweep", *SMOKE, "--results", str(results)]
+        for shell in ({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 64}, {}):  # a wrong token; none at all
+            without = {k: v for k, v in env.items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")}
+            refused = _submit(submit, {**without, "HOME": str(tmp_path), **shell})  # no ~/.ray/auth_token to fall back on
+            assert refused.returncode != 0 and "AuthenticationError" in refused.stdout + refused.stderr, refused.stderr[-2000:]
+        job = _submit(submit, env)
         assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
         assert "smoke: done in" in job.stdout and "Traceback" not in job.stdout + job.stderr
+        jobs = subprocess.run(["ray", "job", "list", "--address", f"http://127.0.0.1:{dashboard}"], env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert len(set(re.findall(r"raysubmit_\w+", jobs.stdout))) == 1, jobs.stdout[-2000:]  # refused submits made none
     finally:
         stop_cluster(temp_dir)
     trials = pd.read_parquet(results / "smoke" / "trials")

@@ -103,3 +103,17 @@ def test_both_families_take_their_output_size_from_the_data():
     assert five[0] - three[0] == five[1] - three[1] == 2 * 51  # Dense(50 -> n): 51 parameters per class
     head = TrialConfig.from_dict({"model": "inception", "image_size": 75, "weights": "none"})
     assert parameter_counts(head, 7)[0] - parameter_counts(head)[0] == 4 * 1025  # Dense(1024 -> n)
+
+
+@pytest.mark.parametrize("values, classes", [
+    ({"model": "lenet", "image_size": 75}, 3),
+    ({"model": "lenet", "image_size": 128, "kernel_size": 7, "kernel_counts": [12, 32, 240], "regularizer": "dropout"}, 5),
+    ({"model": "inception", "image_size": 75, "weights": "none", "unfreeze_from": 249}, 4),
+])
+def test_the_size_estimate_counts_the_parameters_keras_builds(values, classes):
+    """The sweep sizes its disk needs from estimated_params without building a model: it must be Keras's count."""
+    from beanlib.models import parameter_counts
+    from beanlib.studies import estimated_params
+
+    config = TrialConfig.from_dict(values)
+    assert estimated_params(config, classes) == parameter_counts(config, classes)[1]

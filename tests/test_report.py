@@ -244,6 +244,8 @@ def test_diverged_and_failed_runs_are_counted_apart_and_never_crash_the_report(t
                                 data="synthetic"), [])
     for spec in (s for s in specs if s.config.model == "inception"):  # a whole family without a single accuracy
         store.write_trial(trial_row(spec, None, status="error", error="RuntimeError: boom", data="synthetic"), [])
+    lost = next(s for s in specs if s.setting == "regularizer=l2" and s.repeat == 1)  # its node lost mid-trial
+    store.write_trial(trial_row(lost, None, status="environment", error="NodeDiedError: gone", data="synthetic"), [])
     report = build_report(str(root))
     summary = report.summary.set_index("setting")
     assert (summary.loc["kernel_size=7", "n"], summary.loc["kernel_size=7", "failed"]) == (2, 1)
@@ -255,6 +257,7 @@ def test_diverged_and_failed_runs_are_counted_apart_and_never_crash_the_report(t
     assert "| inception |" not in markdown  # no chosen Inception-v3 row without an accuracy
     assert "inception: no setting ran in full: nothing to choose." in markdown
     assert markdown.count("RuntimeError: boom") == 12
+    assert "1 of them (status environment) were stopped by their surroundings" in markdown
 
 
 def test_rows_outside_the_current_plan_are_left_out_and_named(tmp_path):

@@ -87,6 +87,46 @@ def test_sweep_records_every_trial_once_and_a_failure_without_stopping(local_ray
     assert run_sweep(SweepOptions(study=tiny_study, data="synthetic", results=str(tmp_path)), out=lines.append).ran == 0
 
 
+def test_a_full_disk_stops_the_sweep_in_one_line_and_an_error_of_the_environment_is_not_the_trials(
+        local_ray, tiny_study, monkeypatch, tmp_path):
+    """The disk fills as the last trial's row is written: the sweep stops in one line that says what to do. A trial
+    whose connection dropped is recorded as "environment", not retried now, and trained again with the rest by the
+    same command; the finished trial is kept as it was."""
+    import errno
+
+    from beanlib import results
+
+    real = results.write_atomically
+
+    def filling(fs, path, write):  # what a full disk does to the rows of the trial that runs last (head-only)
+        if "/trials/" in path and last in path:
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+        return real(fs, path, write)
+
+    last = next(s.trial_id for s in studies.plan(TINY) if s.setting == "head-only")
+    monkeypatch.setattr(results, "write_atomically", filling)
+    lines = []
+    opts = SweepOptions(study=tiny_study, data="synthetic", results=str(tmp_path), only=("kernel_size=3", "kernel_size=5", "head-only"),
+                        inject_fault=("kernel_size=5:lost-connection",))
+    with pytest.raises(BeanlibError) as caught:
+        run_sweep(opts, out=lines.append)
+    message = str(caught.value)
+    assert message.startswith(f"no space left on device: {tmp_path}/tiny is full") and "\n" not in message, message
+    assert "the 3 trial(s) not finished" in message and "run the same command: it resumes" in message
+    assert not (tmp_path / "tiny" / ".lease.json").exists()  # released: the next sweep needs no --force
+    first = pd.read_parquet(tmp_path / "tiny" / "trials").set_index("setting")
+    assert sorted(first.index) == ["kernel_size=3", "kernel_size=5"]
+    lost = first.loc["kernel_size=5"]
+    assert lost["status"] == "environment" and lost["attempts"] == 1 and lost["error"].startswith("ConnectionResetError")
+
+    monkeypatch.setattr(results, "write_atomically", real)
+    again = run_sweep(SweepOptions(study=tiny_study, data="synthetic", results=str(tmp_path)), out=lines.append)
+    assert again.ran == 3 and again.failed == 0
+    trials = pd.read_parquet(tmp_path / "tiny" / "trials")
+    assert len(trials) == 4 and trials["trial_id"].is_unique and set(trials["status"]) == {"ok"}
+    assert trials.set_index("setting").loc["kernel_size=3", "start_time"] == first.loc["kernel_size=3", "start_time"]
+
+
 def test_a_sweep_stopped_by_ctrl_c_says_how_to_resume_and_the_same_command_resumes(local_ray, tiny_study, tmp_path):
     """Ctrl+C (SIGINT) as the first trial ends: Ray Tune ends the run and returns. The sweep says it stopped and how
     to resume, without Tune's "Resume experiment with: Tuner.restore(...)", and the same command runs what was left."""
