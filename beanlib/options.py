@@ -29,7 +29,7 @@ class SweepOptions:
     image_size: int | None = None
     epochs: int | None = None
     fine_tune_epochs: int | None = None
-    repeats: int = 1
+    repeats: int | None = None  # seeds per setting; None: the study's own (1 unless its file says)
     weights: str | None = None
     per_class: int | None = None
     address: str | None = None

@@ -14,11 +14,12 @@ from beanlib.config import CLASS_NAMES
 from beanlib.data import CARVE_FRACTIONS, CARVE_SEED, decoded_bytes
 from beanlib.errors import BeanlibError
 from beanlib.results import FINISHED
-from beanlib.studies import TrialSpec
+from beanlib.studies import STUDIES, TrialSpec
 from beanlib.weights import content_identity
 
 if TYPE_CHECKING:
     from beanlib.results import RunStore
+    from beanlib.studies import Study
     from beanlib.sweep import SweepOptions
 
 JOB_CONFIG = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray for the driver of a `ray job submit` job: the job's config
@@ -77,9 +78,10 @@ def check_memory(source: str, sizes: list[int], per_class: int | None) -> None:
                            "--image-size, or a machine with more memory")
 
 
-def manifest(opts: "SweepOptions", chosen_backend: str, per_class: int | None, data: dict) -> dict[str, Any]:
+def manifest(opts: "SweepOptions", chosen_backend: str, per_class: int | None, data: dict, study: "Study") -> dict[str, Any]:
     """What the run is, for run.json: study, options (a weights file by content), repeats, the data's source
-    (provenance) and, where they differ from beans' defaults, scheduler, backend, classes and a split beanlib made.
+    (provenance) and, where they differ from beans' defaults, scheduler, backend, classes and a split beanlib made;
+    for a user's study file, what it declared (a changed declaration is a different study, as a changed option is).
     Keys older runs do not have are recorded only when set away from their defaults, so those runs still match."""
     source = opts.data if opts.data in ("tfds", "synthetic") or opts.data.startswith("tfds:") or "://" in opts.data \
         else os.path.abspath(opts.data)
@@ -91,6 +93,7 @@ def manifest(opts: "SweepOptions", chosen_backend: str, per_class: int | None, d
     extra |= {"backend": chosen_backend} if chosen_backend != backend.DEFAULT else {}
     extra |= {"classes": list(first.class_names)} if first.class_names != CLASS_NAMES else {}
     extra |= {"split": f"made by beanlib: {CARVE_FRACTIONS} per class, seed {CARVE_SEED}; see split.parquet"} if first.carved else {}
+    extra |= {"study_file": study.declared} if study.name not in STUDIES else {}
     return {"study": opts.study, "data": source, "repeats": opts.repeats, "per_class": per_class, "overrides": overrides, **extra}
 
 

@@ -23,7 +23,7 @@ from beanlib.page import Doc
 from beanlib.results import RAN_IN_FULL, RunStore
 from beanlib import semantics
 from beanlib.stats import by_factor, factorial, study_verdicts, winners
-from beanlib.studies import STUDIES, trial_id_of_row
+from beanlib.studies import study_of_run, trial_id_of_row
 
 # What a reader must know about each kind of Inception-v3 base, keyed by the first word of weights.describe().
 BASE_NOTES = {
@@ -174,7 +174,7 @@ def _header(doc: Doc, trials, manifest, store, extra, missing, failed, labelled:
 
 def _verdicts(summary, trials, manifest) -> tuple[dict[str, str], object, dict]:
     """(factor -> its verdict in words, the families' contrast, model -> its chosen setting's runs)."""
-    study = STUDIES.get(manifest.get("study"))
+    study = study_of_run(manifest)
     declared = {f.name: f for f in study.factors} if study else {}
     chosen = tables.family_choices(trials)
     found, families = study_verdicts(summary, trials, {name: f.planned() for name, f in declared.items()}, chosen)
@@ -348,11 +348,11 @@ SELECTION = ("**How the answer is chosen and tested**: every best setting (each 
 
 def _planned(manifest: dict) -> dict[str, str] | None:
     """trial_id -> "setting (repeat r)" of the run's plan, re-planned from run.json; None for a study beanlib does not know."""
-    from beanlib.studies import STUDIES, plan
+    from beanlib.studies import plan
 
-    if manifest.get("study") not in STUDIES:
+    if (study := study_of_run(manifest)) is None:
         return None
-    specs = plan(manifest["study"], repeats=manifest.get("repeats", 1), overrides=manifest.get("overrides"))
+    specs = plan(study, repeats=manifest.get("repeats", 1), overrides=manifest.get("overrides"))
     return {s.trial_id: f"{s.setting} (repeat {s.repeat})" for s in specs}
 
 

@@ -52,6 +52,8 @@ class Study:
     base: dict[str, Any]
     factors: tuple[Factor, ...]
     per_class: int | None = None  # images per class per split; None: all
+    repeats: int = 1  # seeds per setting when the sweep is not told (--repeats)
+    declared: dict[str, Any] | None = None  # the study file's values as read (a user's study is recorded in run.json)
 
 
 @dataclass(frozen=True)
@@ -82,98 +84,6 @@ class TrialSpec:
         return ",".join(self.factors)
 
 
-LENET_KERNEL_SIZES = (3, 5, 7)
-LENET_KERNEL_COUNTS = ((3, 8, 60), (6, 16, 120), (12, 32, 240))
-LENET_REGULARIZERS = ("none", "l1", "l2", "dropout")
-INCEPTION_VARIANTS = (("head-only", None), ("top-2-blocks", 249), ("top-3-blocks", 229), ("top-6-blocks", 133))
-
-
-def _counts_label(counts: tuple[int, int, int]) -> str:
-    return "-".join(map(str, counts))
-
-
-def _one_at_a_time(name: str, labels: list[str], baseline: str) -> Factor:
-    return Factor(name, tuple((label, changes) for label, changes in labels), against(baseline, [label for label, _ in labels]))
-
-
-ONE_FACTOR_AT_A_TIME = (
-    _one_at_a_time("kernel_size", [(f"kernel_size={k}", {"kernel_size": k}) for k in LENET_KERNEL_SIZES], "kernel_size=5"),
-    _one_at_a_time("kernel_counts", [(f"kernel_counts={_counts_label(c)}", {"kernel_counts": c}) for c in LENET_KERNEL_COUNTS],
-                   "kernel_counts=6-16-120"),
-    _one_at_a_time("regularizer", [(f"regularizer={r}", {"regularizer": r}) for r in LENET_REGULARIZERS], "regularizer=none"),
-)
-# Does fine-tuning help (each fine-tune against head-only), and how many blocks (the fine-tunes with each other)?
-_FINE_TUNES = [label for label, u in INCEPTION_VARIANTS if u is not None]
-INCEPTION = Factor(
-    "inception",
-    tuple((label, {"model": "inception", "unfreeze_from": u}) for label, u in INCEPTION_VARIANTS),
-    against("head-only", _FINE_TUNES) + tuple(itertools.combinations(_FINE_TUNES, 2)),
-)
-# Alternatives to our fine-tuning choices (the original states neither rate nor BatchNorm handling), each beside
-# our default (rate 1e-5, BatchNorm on its moving statistics) for the top 2 and top 6 blocks: a 10x higher rate,
-# and BatchNorm on batch statistics. The defaults are shared by both factors (one trial each, same label).
-FINE_TUNE_ALTERNATIVES = tuple(
-    Factor(name, tuple(
-        setting
-        for label, u in INCEPTION_VARIANTS if u in (249, 133)
-        for setting in ((f"{label}, default", {"model": "inception", "unfreeze_from": u}),
-                        (f"{label}, {short}", {"model": "inception", "unfreeze_from": u, name: value}))
-    ), tuple((f"{label}, {short}", f"{label}, default") for label, u in INCEPTION_VARIANTS if u in (249, 133)))
-    for name, value, short in (("fine_tune_learning_rate", 1e-4, "rate 1e-4"), ("batchnorm", "batch", "batch statistics"))
-)
-LENET_GRID = Factor(
-    "lenet_grid",
-    tuple(
-        (f"k{k}/{_counts_label(c)}/{r}", {"kernel_size": k, "kernel_counts": c, "regularizer": r})
-        for k, c, r in itertools.product(LENET_KERNEL_SIZES, LENET_KERNEL_COUNTS, LENET_REGULARIZERS)
-    ),
-    factorial=("kernel_size", "kernel_counts", "regularizer"),
-)
-
-STUDIES: dict[str, Study] = {
-    s.name: s
-    for s in (
-        Study(
-            "seed",
-            "The original's one-factor-at-a-time design at 299x299, 20 epochs: LeNet factors and Inception-v3 variants.",
-            {"model": "lenet", "image_size": 299, "epochs": 20},
-            (*ONE_FACTOR_AT_A_TIME, INCEPTION),
-        ),
-        Study(
-            "lenet-full",
-            "Full LeNet factorial: 3 kernel sizes x 3 kernel counts x 4 regularizers = 36 trials.",
-            {"model": "lenet", "image_size": 299, "epochs": 20},
-            (LENET_GRID,),
-        ),
-        Study(
-            "inception",
-            "The four Inception-v3 variants: head only, then the top 2 / 3 / 6 blocks fine-tuned.",
-            {"model": "lenet", "image_size": 299, "epochs": 20},
-            (INCEPTION,),
-        ),
-        Study(
-            "inception-head",
-            "Inception-v3 head only (frozen base): the cheap part of `inception`, e.g. at 299px on CPUs.",
-            {"model": "lenet", "image_size": 299, "epochs": 20},
-            (Factor("inception", INCEPTION.settings[:1]),),
-        ),
-        Study(
-            "inception-finetune",
-            "Fine-tuning alternatives for the top 2 and top 6 blocks, beside the defaults: rate 1e-4 instead of 1e-5; BatchNorm on batch statistics.",
-            {"model": "lenet", "image_size": 299, "epochs": 20},
-            FINE_TUNE_ALTERNATIVES,
-        ),
-        Study(
-            "smoke",
-            "A small `seed` for tests and first contact: 75px, 1 epoch (+1 fine-tune), 4 images per class, random-init Inception.",
-            {"model": "lenet", "image_size": 75, "epochs": 1, "batch_size": 8, "fine_tune_epochs": 1, "weights": "none"},
-            (*ONE_FACTOR_AT_A_TIME, INCEPTION),
-            per_class=4,
-        ),
-    )
-}
-
-
 def plan(
     study: Study | str,
     *,
@@ -186,15 +96,13 @@ def plan(
     the field belongs to its model family. Repeat r uses seed `base seed + r`.
     """
     if isinstance(study, str):
-        if study not in STUDIES:
-            raise BeanlibError(f"unknown study {study!r}: use one of {', '.join(STUDIES)}")
-        study = STUDIES[study]
+        study = find_study(study)
     if not isinstance(repeats, int) or repeats < 1:
         raise BeanlibError(f"--repeats must be a positive integer, got {repeats!r}")
     settings: dict[str, tuple[list[str], list[str], TrialConfig]] = {}  # canonical config -> (factors, labels, config)
     for factor in study.factors:
         for label, changes in factor.settings:
-            values = _applicable({**study.base, **changes, **(overrides or {})})
+            values = applicable({**study.base, **changes, **(overrides or {})})
             config = TrialConfig.from_dict(values)
             key = _setting_key(config)
             if key in settings:
@@ -209,6 +117,34 @@ def plan(
             seeded = TrialConfig.from_dict({**config.to_dict(), "seed": config.seed + repeat})
             specs.append(TrialSpec(trial_id(seeded, study.per_class), study.name, tuple(factors), label, repeat, seeded, study.per_class))
     return specs
+
+
+def find_study(name: str) -> Study:
+    """A built-in study by name, or the study a YAML file declares (a path ending in .yaml or .yml)."""
+    if name in STUDIES:
+        return STUDIES[name]
+    if name.endswith((".yaml", ".yml")):
+        from beanlib.studyfile import load_study
+
+        study = load_study(name)
+        if study.name in STUDIES:
+            raise BeanlibError(f"study file {name} is named {study.name!r}, as a built-in study is: give it a name of its own")
+        return study
+    raise BeanlibError(f"unknown study {name!r}: use one of {', '.join(STUDIES)}, or the path of a .yaml study file")
+
+
+def study_of_run(manifest: dict[str, Any]) -> Study | None:
+    """The study a run (its run.json) was planned from: a built-in one by name, a user's from the declaration the
+    run recorded; None for a study beanlib cannot know."""
+    if manifest.get("study") in STUDIES:
+        return STUDIES[manifest["study"]]
+    if isinstance(manifest.get("study_file"), dict):
+        import yaml
+
+        from beanlib.studyfile import parse_study
+
+        return parse_study(yaml.safe_dump(manifest["study_file"], sort_keys=False), "run.json study_file")
+    return None
 
 
 def trial_id(config: TrialConfig, study_per_class: int | None) -> str:
@@ -311,9 +247,18 @@ def estimated_params(config: TrialConfig, num_classes: int = 3) -> int:
     return total + (side * side * channels + 1) * 50 + (50 + 1) * num_classes
 
 
-def _applicable(values: dict[str, Any]) -> dict[str, Any]:
+def applicable(values: dict[str, Any]) -> dict[str, Any]:
     """Drop fields of the other model family (a study-wide `weights` on a LeNet trial); keep unknown ones to be refused."""
     mine = set(FAMILY_FIELDS.get(values.get("model"), ()))
     others = {f for fields in FAMILY_FIELDS.values() for f in fields} - mine
     return {k: v for k, v in values.items() if k not in others}
 
+
+def _builtin() -> dict[str, Study]:
+    from beanlib.studyfile import builtin_studies  # it builds Study and Factor, defined above
+
+    return builtin_studies()
+
+
+# The built-in studies, each declared once in its own file (beanlib/study_files/NAME.yaml), read as a user's are.
+STUDIES: dict[str, Study] = _builtin()

@@ -31,7 +31,7 @@ from beanlib.lease import Lease
 from beanlib.options import Progress, SweepOptions, SweepSummary  # noqa: F401 (SweepOptions: callers import it from here)
 from beanlib.results import FINISHED, MODELS, RunStore, provenance, trial_row
 from beanlib.stats import winners
-from beanlib.studies import STUDIES, TrialSpec, estimated_cost, hparams, plan, trial_id_of_row, trial_name
+from beanlib.studies import Study, TrialSpec, estimated_cost, find_study, hparams, plan, trial_id_of_row, trial_name
 from beanlib.weights import check_weights, weights_sha256
 
 # Default share of a GPU per trial when the cluster has GPUs, from packing measured on an H200 (Keras on JAX,
@@ -46,9 +46,8 @@ def run_sweep(opts: SweepOptions, out: Callable[[str], None] = print, progress: 
 
     `out` gets every line for the user; `progress` (beanlib.console.SweepConsole) the live count of trials.
     """
-    if opts.study not in STUDIES:
-        raise BeanlibError(f"unknown study {opts.study!r}: use one of {', '.join(STUDIES)}")
-    study = STUDIES[opts.study]
+    study = find_study(opts.study)  # a built-in name, or a study file
+    opts = dataclasses.replace(opts, study=study.name, repeats=opts.repeats or study.repeats)
     chosen = backend.choose(opts.backend)  # before Keras loads here; workers get it in $KERAS_BACKEND
     per_class = opts.per_class or study.per_class
     specs = [dataclasses.replace(s, per_class=per_class) for s in plan(study, repeats=opts.repeats, overrides=opts.overrides())]
@@ -63,11 +62,11 @@ def run_sweep(opts: SweepOptions, out: Callable[[str], None] = print, progress: 
         raise BeanlibError(f"unknown --keep-models {opts.keep_models!r}: use one of {', '.join(KEEP_MODELS)}")
     store = RunStore(opts.results, opts.name or opts.study)
     if opts.dry_run:
-        return _run(opts, specs, chosen, per_class, store, out, progress)
+        return _run(opts, study, specs, chosen, per_class, store, out, progress)
     lease = Lease(store, out)  # one driver per run: a second one refuses in one line
     lease.acquire(opts.force)
     try:
-        return _run(opts, specs, chosen, per_class, store, out, progress)
+        return _run(opts, study, specs, chosen, per_class, store, out, progress)
     except Exception as error:  # a full disk, wherever a write met it (a row, a model, Tune's state): one line
         if not no_space(error):
             raise
@@ -78,7 +77,7 @@ def run_sweep(opts: SweepOptions, out: Callable[[str], None] = print, progress: 
         lease.release()
 
 
-def _run(opts: SweepOptions, specs: list[TrialSpec], chosen: str, per_class: int | None, store: RunStore,
+def _run(opts: SweepOptions, study: Study, specs: list[TrialSpec], chosen: str, per_class: int | None, store: RunStore,
          out: Callable[[str], None], progress: Progress | None) -> SweepSummary:
     """The sweep once its plan is known and (unless a dry run) its lease held: bring the run up to date, train
     what is unfinished, keep the models chosen on validation, and sum up."""
@@ -105,7 +104,7 @@ def _run(opts: SweepOptions, specs: list[TrialSpec], chosen: str, per_class: int
         preflight.check_space(store, todo, opts.keep_models, min(len(todo), concurrency), len(class_names(opts.data)))
     carved = next(iter(data.values())).carved
     bases = sorted({s.config.weights for s in specs if s.config.model == "inception"})
-    store.check_manifest(preflight.manifest(opts, chosen, per_class, data), data_fingerprints={str(size): d.fingerprint for size, d in data.items()},
+    store.check_manifest(preflight.manifest(opts, chosen, per_class, data, study), data_fingerprints={str(size): d.fingerprint for size, d in data.items()},
                          weights_sha256={w: weights_sha256(w) for w in bases if weights_sha256(w)})
     if carved:
         store.write_split(carved)  # which file went where: the fingerprint guards it, this file shows it

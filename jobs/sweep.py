@@ -1,6 +1,6 @@
 """Run a study on Ray Tune: every trial's config, history and metrics land in Parquet; re-running resumes.
 
-    python -m jobs.sweep --study NAME [--data tfds|tfds:NAME|PATH|synthetic] [--image-size N]
+    python -m jobs.sweep --study NAME|FILE.yaml [--data tfds|tfds:NAME|PATH|synthetic] [--image-size N]
         [--epochs N] [--fine-tune-epochs N] [--repeats N] [--weights imagenet|none|PATH]
         [--results DIR] [--name RUN] [--address ADDR] [--cpus-per-trial N]
         [--gpus-per-trial F] [--max-concurrent N] [--retries N] [--per-class N] [--early-stop PATIENCE]
@@ -19,13 +19,14 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     from beanlib.studies import STUDIES
 
     p = argparse.ArgumentParser(prog="python -m jobs.sweep", description=__doc__.splitlines()[0],
-                                epilog="studies: " + "; ".join(f"{s.name}: {s.description}" for s in STUDIES.values()))
-    p.add_argument("--study", required=True, choices=list(STUDIES))
+                                epilog="built-in studies: " + "; ".join(f"{s.name}: {s.description}" for s in STUDIES.values()))
+    p.add_argument("--study", required=True, metavar="NAME|FILE.yaml",
+                   help=f"a built-in study ({', '.join(STUDIES)}) or a study file (README: Your own study)")
     p.add_argument("--data", default=default_data(), help="tfds (beans) | tfds:NAME | synthetic | PATH to split/class/* or class/* images (default: $BEANLIB_DATA or tfds)")
     p.add_argument("--image-size", type=int, help="override the study's image size")
     p.add_argument("--epochs", type=int, help="override the study's epochs (Inception: head phase)")
     p.add_argument("--fine-tune-epochs", type=int, help="override Inception's fine-tune epochs")
-    p.add_argument("--repeats", type=int, default=1, help="run every setting with N seeds (default 1)")
+    p.add_argument("--repeats", type=int, help="run every setting with N seeds (default: the study's, else 1)")
     p.add_argument("--weights", help="Inception-v3 base weights: imagenet | none | PATH (default: the study's)")
     p.add_argument("--per-class", type=int, help="keep only N images per class per split (default: the study's)")
     p.add_argument("--results", default="results", help="results root: a path or an s3:// / gs:// URI (default: results)")

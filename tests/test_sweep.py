@@ -127,6 +127,41 @@ def test_a_full_disk_stops_the_sweep_in_one_line_and_an_error_of_the_environment
     assert trials.set_index("setting").loc["kernel_size=3", "start_time"] == first.loc["kernel_size=3", "start_time"]
 
 
+def test_a_users_study_file_sweeps_resumes_and_reports_its_own_questions(local_ray, tmp_path):
+    """--study FILE: its repeats and subsample apply, run.json records what it declared, the report asks its
+    contrasts, the same command resumes with nothing to run, and a changed declaration is a different study."""
+    import json
+
+    from beanlib.report import build_report
+
+    path = tmp_path / "mine.yaml"
+    path.write_text("""\
+name: mine
+description: kernel size on a small LeNet
+base: {model: lenet, image_size: 32, epochs: 1, batch_size: 8}
+repeats: 2
+per_class: 3
+factors:
+  kernel_size:
+    baseline: k5
+    settings: {k3: {kernel_size: 3}, k5: {kernel_size: 5}}
+""")
+    lines = []
+    run_sweep(SweepOptions(study=str(path), data="synthetic", results=str(tmp_path / "r")), out=lines.append)
+    run = tmp_path / "r" / "mine"
+    trials = pd.read_parquet(run / "trials")
+    assert len(trials) == 4 and set(trials["study"]) == {"mine"} and sorted(trials["repeat"]) == [0, 0, 1, 1]
+    assert set(trials["per_class"]) == {3} and set(trials["status"]) == {"ok"}
+    manifest = json.loads((run / "run.json").read_text())
+    assert manifest["repeats"] == 2 and manifest["study_file"]["factors"]["kernel_size"]["baseline"] == "k5"
+    build_report(str(run))
+    assert "k3 against k5" in (run / "report" / "report.md").read_text()
+    assert run_sweep(SweepOptions(study=str(path), data="synthetic", results=str(tmp_path / "r")), out=lines.append).ran == 0
+    path.write_text(path.read_text().replace("k5: {kernel_size: 5}}", "k5: {kernel_size: 5}, k2: {kernel_size: 2}}"))
+    with pytest.raises(BeanlibError, match="already holds a run with different study_file"):
+        run_sweep(SweepOptions(study=str(path), data="synthetic", results=str(tmp_path / "r")), out=lines.append)
+
+
 def test_a_sweep_stopped_by_ctrl_c_says_how_to_resume_and_the_same_command_resumes(local_ray, tiny_study, tmp_path):
     """Ctrl+C (SIGINT) as the first trial ends: Ray Tune ends the run and returns. The sweep says it stopped and how
     to resume, without Tune's "Resume experiment with: Tuner.restore(...)", and the same command runs what was left."""
