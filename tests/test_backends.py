@@ -262,6 +262,7 @@ print("RESULT " + json.dumps({"status": result.status, "configured": backend._CO
 """
 
 
+@pytest.mark.slow
 def test_decoding_jpegs_first_does_not_stop_the_jax_backend_being_set_up(jpeg_folder, tmp_path):
     if importlib.util.find_spec("jax") is None:
         pytest.skip("jax is not installed (pip install -e '.[test]' brings jax[cpu])")

@@ -118,6 +118,7 @@ def test_a_truncated_trials_file_is_set_aside_named_in_the_report_and_its_trial_
     assert store.set_aside_damaged() == []  # done once
 
 
+@pytest.mark.slow
 def test_the_sweep_names_a_damaged_file_in_one_line_and_plans_its_trial_again(tmp_path):
     from beanlib.sweep import SweepOptions, run_sweep
 
@@ -140,9 +141,11 @@ def test_the_sweep_names_a_damaged_file_in_one_line_and_plans_its_trial_again(tm
     (ConnectionResetError("reset by peer"), "environment"),
     ("ray.exceptions.NodeDiedError: the node is dead", "environment"),  # the text Ray gives for a trial's lost node
     (ValueError("shapes (3,) and (4,) do not match"), "error"),
+    (RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1.2GiB"), "oom"),  # JAX's XlaRuntimeError
+    (type("OutOfMemoryError", (RuntimeError,), {})("CUDA out of memory. Tried to allocate"), "oom"),  # torch's
     (MemoryError(), "oom"),
 ])
-def test_what_the_environment_did_to_a_trial_is_told_apart_from_the_trials_own_error(error, status):
+def test_a_trials_failure_is_told_apart_as_out_of_memory_its_environments_or_its_own(error, status):
     from beanlib.errors import failure_status
 
     assert failure_status(error) == status

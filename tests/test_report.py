@@ -334,6 +334,7 @@ def test_pruned_trials_are_listed_apart_and_left_out_of_the_statistics(tmp_path)
     assert "left out: kernel_size=7 (ASHA pruned some of their runs, so their means are survivors-only)" in markdown
 
 
+@pytest.mark.slow
 def test_a_full_factorial_reports_its_main_effects_and_interactions(tmp_path):
     """lenet-full's report tests main effects and two-way interactions with seed blocks: here kernel size moves test
     accuracy by 8 points per step and nothing else matters."""

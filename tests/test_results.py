@@ -9,7 +9,7 @@ import pytest
 
 from beanlib.errors import BeanlibError
 from beanlib.results import EPOCH_SCHEMA, TRIAL_SCHEMA, RunStore, provenance, trial_row
-from beanlib.studies import plan
+from beanlib.studies import plan, study_of_run
 from beanlib.train import TrialResult
 
 
@@ -202,10 +202,14 @@ def test_a_trial_keyed_by_a_weights_path_gets_its_content_id_and_keeps_its_epoch
 
 
 def test_every_committed_run_reads_whole_and_matches_its_plan():
-    """The reference runs under results/: every column for every plain reader, every row a trial of the run's plan."""
+    """The reference runs under results/ (those git tracks; a run in progress beside them is not one): every column
+    for every plain reader, and exactly the trials of the run's plan, so that a resume re-runs nothing."""
+    import subprocess
     from pathlib import Path
 
-    runs = sorted(p.parent for p in (Path(__file__).resolve().parents[1] / "results").glob("*/run.json"))
+    repo = Path(__file__).resolve().parents[1]
+    tracked = subprocess.run(["git", "ls-files", "results/*/run.json"], cwd=repo, capture_output=True, text=True).stdout
+    runs = sorted((repo / line).parent for line in tracked.split())
     assert runs, "no committed runs found"
     for run in runs:
         for kind, schema in (("trials", TRIAL_SCHEMA), ("epochs", EPOCH_SCHEMA)):
@@ -214,6 +218,6 @@ def test_every_committed_run_reads_whole_and_matches_its_plan():
                     f"committed: run `python -m jobs.report --results results/{run.name}` (it upgrades the run) and commit it"
         store = RunStore(str(run.parent), run.name)
         manifest = store.manifest()
-        planned = {s.trial_id for s in plan(manifest["study"], repeats=manifest["repeats"], overrides=manifest["overrides"])}
-        assert set(pd.read_parquet(run / "trials")["trial_id"]) <= planned, run.name
+        planned = {s.trial_id for s in plan(study_of_run(manifest), repeats=manifest["repeats"], overrides=manifest["overrides"])}
+        assert set(pd.read_parquet(run / "trials")["trial_id"]) == planned, run.name
         assert "/" not in json.dumps(manifest["overrides"]), run.name  # known by content, not by a path

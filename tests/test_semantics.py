@@ -40,6 +40,7 @@ def _history(backend_name: str) -> list[tuple[float, float]]:
     return [tuple(pair) for pair in json.loads(done.stdout.strip().splitlines()[-1])]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend_name", ["tensorflow", "jax"])
 def test_a_tiny_trials_history_is_pinned_for_the_current_semantics(backend_name):
     """Fails when what trials compute changes: bump beanlib.semantics.SEMANTICS, then pin the new history here."""

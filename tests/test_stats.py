@@ -41,6 +41,7 @@ def null_population():
     return Population({k: 0.84 for k in SETTINGS}, np.random.default_rng(1))
 
 
+@pytest.mark.slow
 def test_with_no_real_difference_the_verdict_claims_one_at_most_at_the_nominal_rate(null_population):
     """Every setting has the same accuracy on new images: the verdict (six planned contrasts, paired by seed and
     image, Holm) claims a difference in at most ALPHA of studies. The one-way ANOVA beanlib used before, on the
@@ -79,6 +80,7 @@ def test_a_real_fine_tune_effect_is_found_about_as_often_as_the_power_statement_
     assert share > 0.3  # found often enough to matter: 3 seeds and 128 images see 6.5 points
 
 
+@pytest.mark.slow
 def test_the_new_images_interval_covers_the_true_accuracy_and_the_seed_only_one_does_not(null_population):
     """Each setting's interval for new images (seeds x images) covers its true accuracy on new images about 95% of
     the time; the interval over seeds alone, which takes the test images as fixed, covers it far less often."""
@@ -96,6 +98,7 @@ def test_the_new_images_interval_covers_the_true_accuracy_and_the_seed_only_one_
     assert np.mean(seed_only) < 0.8, np.mean(seed_only)  # 0.71 here
 
 
+@pytest.mark.slow
 def test_without_per_image_predictions_contrasts_fall_back_to_seeds_and_say_so(null_population):
     trials = null_population.study(np.random.default_rng(5)).assign(test_predicted=None)
     verdict = _verdict(trials)
@@ -113,6 +116,7 @@ def test_a_difference_that_never_varied_between_seeds_is_not_tested():
     assert c.estimate is None and "in every seed" in c.why_untested and not verdict.claims_difference
 
 
+@pytest.mark.slow
 def test_one_run_per_setting_is_never_tested(null_population):
     trials = null_population.study(np.random.default_rng(6), seeds=1)
     verdict = _verdict(trials)
@@ -120,6 +124,7 @@ def test_one_run_per_setting_is_never_tested(null_population):
     assert "rerun with --repeats 3 or more" in verdict.text()
 
 
+@pytest.mark.slow
 def test_pruned_settings_are_shown_but_never_chosen_nor_tested(null_population):
     trials = null_population.study(np.random.default_rng(7))
     trials.loc[trials["setting"] == "top-6-blocks", "val_accuracy"] = 1.0  # would be chosen
@@ -165,6 +170,7 @@ def _study(rng, means, runs=3, seed_sd=0.02):
     return pd.DataFrame(rows)
 
 
+@pytest.mark.slow
 def test_the_chosen_settings_test_accuracy_is_not_inflated_by_the_choice():
     """Choosing on validation and reporting test: where runs differ only by which images each split holds, the
     chosen setting's test mean is the true accuracy on average. Choosing on test (the maximum of the test means)

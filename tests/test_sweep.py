@@ -263,18 +263,6 @@ def test_asha_is_refused_on_a_study_that_mixes_model_families(tiny_study, tmp_pa
     assert not any(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("error, status", [
-    (RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1.2GiB"), "oom"),  # JAX's XlaRuntimeError
-    (type("OutOfMemoryError", (RuntimeError,), {})("CUDA out of memory. Tried to allocate"), "oom"),  # torch's
-    (MemoryError(), "oom"),
-    (RuntimeError("shapes do not match"), "error"),
-])
-def test_out_of_memory_is_recognised_on_every_backend(error, status):
-    from beanlib.errors import failure_status
-
-    assert failure_status(error) == status
-
-
 def test_the_jobs_runtime_env_wins_and_is_never_merged_twice(monkeypatch):
     import json
 

@@ -41,6 +41,7 @@ def test_lenet_trial_returns_a_consistent_result(tiny_synthetic):
     assert result.data_fingerprint == tiny_synthetic.fingerprint
 
 
+@pytest.mark.slow
 def test_same_config_and_seed_give_the_same_history(tiny_synthetic):
     def losses(seed):
         result = run_trial(lenet_config(seed=seed, regularizer="dropout"), tiny_synthetic)
@@ -58,6 +59,7 @@ def _graphs_alive() -> int:
     return sum(type(o).__name__ == "FuncGraph" for o in gc.get_objects())
 
 
+@pytest.mark.slow
 def test_tensorflow_keeps_a_trained_models_graph_and_a_trial_leaves_none_behind(tiny_synthetic):
     """What beanlib.backend's TensorFlow trial scope is for: plain Keras `fit` leaves its traced graph (and through it
     the model's variables) alive after the model is gone, held by a custom gradient in TensorFlow's registry; a
@@ -214,6 +216,7 @@ def test_early_stopping_stops_and_ends_with_the_best_weights(tiny_synthetic):
     assert result.val_loss == best["val_loss"] and result.train_loss == best["loss"]
 
 
+@pytest.mark.slow
 def test_inception_early_stops_each_phase_and_counts_epochs_on(small75):
     result = run_trial(inception_config(epochs=30, learning_rate=1e-2, unfreeze_from=249, fine_tune_epochs=1, early_stop=1), small75)
     phases = [r["phase"] for r in result.history]
@@ -239,6 +242,7 @@ def fresh_feature_cache(tmp_path, monkeypatch):
     FEATURE_MEMO.clear()
 
 
+@pytest.mark.slow
 def test_inception_runs_head_then_fine_tune_from_the_head_weights(small75, fresh_feature_cache):
     result = run_trial(inception_config(unfreeze_from=249, fine_tune_epochs=1), small75)
     assert result.status == "ok"

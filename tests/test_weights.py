@@ -86,6 +86,7 @@ def _trained_looking_base():
     return base
 
 
+@pytest.mark.slow
 def test_an_untrained_file_is_refused_and_a_renamed_copy_is_checked_again(tmp_path):
     untrained = tmp_path / "untrained.weights.h5"
     build(inception(seed=2)).base.save_weights(untrained)
@@ -100,6 +101,7 @@ def test_an_untrained_file_is_refused_and_a_renamed_copy_is_checked_again(tmp_pa
         check_weights(str(renamed))
 
 
+@pytest.mark.slow
 def test_a_weights_file_loaded_again_in_a_process_gives_the_files_values(tmp_path):
     """The second load of a file sets the values the first read from it (not read again: 0.07 s against 1.4 s)."""
     from beanlib import weights as weights_module
@@ -132,6 +134,7 @@ def test_a_truncated_weights_file_stops_the_sweep_before_anything_is_written(tmp
     assert not (tmp_path / "results").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("base", ["random-init", "pretrained"])
 def test_fine_tuning_from_249_changes_only_the_top_blocks(base, request, monkeypatch):
     weights = "none" if base == "random-init" else str(request.getfixturevalue("pretrained_weights"))
