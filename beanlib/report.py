@@ -19,6 +19,7 @@ import pandas as pd
 
 from beanlib import tables
 from beanlib.errors import BeanlibError
+from beanlib.families import FAMILIES
 from beanlib.page import Doc
 from beanlib.results import RAN_IN_FULL, RunStore
 from beanlib import semantics
@@ -290,7 +291,7 @@ def _mistakes(doc: Doc, trials: pd.DataFrame, manifest: dict, data: str | None, 
     """A gallery per family: the test images its best model (the run `--keep-models best` keeps) got wrong."""
     from beanlib import figures
 
-    best = {model: trial for model, trial in winners(trials).items() if model in ("lenet", "inception")}
+    best = {model: trial for model, trial in winners(trials).items() if model in FAMILIES}
     doc.h(2, "What each family's best model gets wrong")
     for model, trial_id in best.items():
         row = trials[trials["trial_id"] == trial_id].iloc[0]

@@ -17,6 +17,7 @@ from typing import Any, Mapping
 
 from beanlib.config import ALL_FIELDS, FAMILY_FIELDS, TrialConfig
 from beanlib.errors import BeanlibError
+from beanlib.families import family
 from beanlib.weights import CONTENT_PREFIX, IMAGENET, RANDOM
 
 
@@ -193,58 +194,18 @@ def trial_name(spec: dict) -> str:
     return f"{spec['trial_id']} {spec['setting']} r{spec['repeat']}"
 
 
-# Inception-v3's forward pass at 299px, in multiply-adds (Szegedy et al. 2016: about 5.7 billion); it scales with area.
-INCEPTION_MACS_299 = 5.7e9
-INCEPTION_LAYERS = 311  # layers of keras.applications.InceptionV3(include_top=False)
-
-
 def estimated_cost(config: TrialConfig) -> float:
-    """A trial's compute in multiply-adds, roughly: what the sweep sorts by to start the longest trials first.
-
-    Longest-first keeps the slow fine-tunes from arriving last and running on one core while the others idle
-    (the `seed` study's measured trial times at 128px, packed on 2 CPUs: 710s instead of 770s in plan order).
-    Training costs about 3 forward passes per image (forward, and a backward pass of about twice the work).
-    """
-    if config.model == "lenet":
-        return config.epochs * 3 * _lenet_macs(config)
-    base = INCEPTION_MACS_299 * (config.image_size / 299) ** 2
-    head_phase = 0.0 if config.feature_cache else config.epochs * base  # cached features: computed once, shared
-    if "fine_tune" not in config.phases:
-        return head_phase
-    unfrozen = (INCEPTION_LAYERS - config.unfreeze_from) / INCEPTION_LAYERS  # layers as a proxy for work
-    if config.feature_cache and config.batchnorm == "inference":  # the frozen blocks run once, then only the open ones
-        return head_phase + base * (1 - unfrozen) + config.fine_tune_epochs * 3 * base * unfrozen
-    return head_phase + config.fine_tune_epochs * base * (1 + 2 * unfrozen)  # forward all, backward the open part
-
-
-def _lenet_macs(config: TrialConfig) -> float:
-    """LeNet's forward multiply-adds per image: valid convs, 2x2 pools after the first two, Dense(50)."""
-    side, channels, total = config.image_size, 3, 0.0
-    for i, filters in enumerate(config.kernel_counts):
-        side -= config.kernel_size - 1
-        total += side * side * config.kernel_size ** 2 * channels * filters
-        channels = filters
-        if i < 2:
-            side //= 2
-    return total + side * side * channels * 50
-
-
-INCEPTION_BASE_PARAMS = 21_802_784  # keras.applications.InceptionV3(include_top=False), at any image size
+    """A trial's compute in multiply-adds, roughly (its family's estimate): what the sweep sorts by to start the
+    longest trials first. Longest-first keeps the slow fine-tunes from arriving last and running on one core while
+    the others idle (the `seed` study's measured trial times at 128px, packed on 2 CPUs: 710s instead of 770s in
+    plan order)."""
+    return family(config.model).cost(config)
 
 
 def estimated_params(config: TrialConfig, num_classes: int = 3) -> int:
-    """A trial's model parameters, all of them, without building it: what its saved model and checkpoints weigh
-    (tests check it against Keras's count)."""
-    if config.model == "inception":
-        return INCEPTION_BASE_PARAMS + (2048 + 1) * 1024 + (1024 + 1) * num_classes  # base, Dense(1024), logits
-    side, channels, total = config.image_size, 3, 0
-    for i, filters in enumerate(config.kernel_counts):
-        side -= config.kernel_size - 1
-        total += (config.kernel_size ** 2 * channels + 1) * filters
-        channels = filters
-        if i < 2:
-            side //= 2
-    return total + (side * side * channels + 1) * 50 + (50 + 1) * num_classes
+    """A trial's model parameters, all of them, without building it (its family's count): what its saved model and
+    checkpoints weigh (tests check it against Keras's count)."""
+    return family(config.model).params(config, num_classes)
 
 
 def applicable(values: dict[str, Any]) -> dict[str, Any]:

@@ -27,18 +27,13 @@ from beanlib import backend, checkpoint, preflight, scratch
 from beanlib.console import hide_native_logs, without_tunes_restore_hint
 from beanlib.data import class_names, load_beans
 from beanlib.errors import BeanlibError, failure_status, first_line, no_space
+from beanlib.families import FAMILIES, family
 from beanlib.lease import Lease
 from beanlib.options import Progress, SweepOptions, SweepSummary  # noqa: F401 (SweepOptions: callers import it from here)
 from beanlib.results import FINISHED, MODELS, RunStore, provenance, trial_row
 from beanlib.stats import winners
 from beanlib.studies import Study, TrialSpec, estimated_cost, find_study, hparams, plan, trial_id_of_row, trial_name
 from beanlib.weights import check_weights, weights_sha256
-
-# Default share of a GPU per trial when the cluster has GPUs, from packing measured on an H200 (Keras on JAX,
-# 299px, LeNet trials each in its own process): 4 at once trained 2.5x the images/s of one, 8 at once 4.0x.
-# So eight LeNet trials share a GPU. Inception-v3 fine-tuning (1,226-2,643 images/s alone) has no packing
-# measurement yet: it keeps a whole one. JAX caps each trial's memory at its share (beanlib.backend).
-DEFAULT_GPUS = {"lenet": 0.125, "inception": 1.0}
 
 
 def run_sweep(opts: SweepOptions, out: Callable[[str], None] = print, progress: Progress | None = None) -> SweepSummary:
@@ -55,7 +50,7 @@ def run_sweep(opts: SweepOptions, out: Callable[[str], None] = print, progress: 
     # The driver may decode images and check weights (TensorFlow), and needs no GPU for it: they are the trials'.
     # Put off until then: with data, features and weights check cached, the driver never starts TensorFlow.
     backend.configure_when_needed(use_gpu=False)
-    bases = sorted({s.config.weights for s in specs if s.config.model == "inception"})
+    bases = sorted({s.config.weights for s in specs if family(s.config.model).pretrained_base})
     for weights in bases:
         check_weights(weights)  # a wrong weights file stops here, in one line, before any data or result is written
     if opts.keep_models not in KEEP_MODELS:
@@ -103,7 +98,7 @@ def _run(opts: SweepOptions, study: Study, specs: list[TrialSpec], chosen: str, 
         concurrency = opts.max_concurrent or int(ray.cluster_resources().get("CPU", 1) // opts.cpus_per_trial) or 1
         preflight.check_space(store, todo, opts.keep_models, min(len(todo), concurrency), len(class_names(opts.data)))
     carved = next(iter(data.values())).carved
-    bases = sorted({s.config.weights for s in specs if s.config.model == "inception"})
+    bases = sorted({s.config.weights for s in specs if family(s.config.model).pretrained_base})
     store.check_manifest(preflight.manifest(opts, chosen, per_class, data, study), data_fingerprints={str(size): d.fingerprint for size, d in data.items()},
                          weights_sha256={w: weights_sha256(w) for w in bases if weights_sha256(w)})
     if carved:
@@ -272,39 +267,40 @@ def _resources(opts: SweepOptions, has_gpus: bool) -> dict[str, dict[str, float]
     def share(model: str) -> float:
         if opts.gpus_per_trial is not None:
             return opts.gpus_per_trial
-        return DEFAULT_GPUS[model] if has_gpus else 0.0
+        return family(model).gpu_share if has_gpus else 0.0  # the family's default (JAX caps memory at it: beanlib.backend)
 
-    return {model: {"cpu": opts.cpus_per_trial, "gpu": share(model)} for model in DEFAULT_GPUS}
+    return {model: {"cpu": opts.cpus_per_trial, "gpu": share(model)} for model in FAMILIES}
 
 
 def _shared_features(todo: list[TrialSpec], data: dict, resources: dict, out: Callable[[str], None]) -> dict:
-    """Inception base features, computed once per (weights, size, data) in a Ray task, for every trial to share;
+    """Pretrained base features, computed once per (weights, size, data) in a Ray task, for every trial to share;
     read from this machine's cache instead where they are there (no worker to start, no model to build)."""
     from beanlib.features import cached_features, features_key
 
     wanted, features = {}, {}
     for spec in todo:
         c = spec.config
-        if c.model == "inception" and c.feature_cache:
+        if family(c.model).pretrained_base and c.feature_cache:
             wanted.setdefault(features_key(c, data[c.image_size]), spec)
     for key, spec in list(wanted.items()):
         if (found := cached_features(spec.config, data[spec.config.image_size])) is not None:
             features[key] = found
             del wanted[key]
     if features:
-        out(f"inception base features: {len(features)} set(s) read from the cache, shared by the trials")
+        out(f"base features: {len(features)} set(s) read from the cache, shared by the trials")
     if not wanted:
         return features
-    compute = ray.remote(_compute_features).options(num_cpus=resources["inception"]["cpu"], num_gpus=resources["inception"]["gpu"])
-    refs = {key: compute.remote(spec.config.to_dict(), data[spec.config.image_size], resources["inception"]["cpu"], backend.current())
+    compute = ray.remote(_compute_features)
+    refs = {key: compute.options(num_cpus=resources[spec.config.model]["cpu"], num_gpus=resources[spec.config.model]["gpu"])
+            .remote(spec.config.to_dict(), data[spec.config.image_size], resources[spec.config.model]["cpu"], backend.current())
             for key, spec in wanted.items()}
     started = time.perf_counter()
     for key, ref in refs.items():
         try:
             features[key] = ray.get(ref)
         except Exception as error:  # e.g. no network for the ImageNet weights: each trial then fails on its own, recorded
-            out(f"inception base features for {wanted[key].setting} failed ({type(error).__name__}): its trials will compute their own")
-    out(f"inception base features: {sum(key in features for key in refs)} set(s) computed once in {time.perf_counter() - started:.0f}s, shared by the trials")
+            out(f"base features for {wanted[key].setting} failed ({type(error).__name__}): its trials will compute their own")
+    out(f"base features: {sum(key in features for key in refs)} set(s) computed once in {time.perf_counter() - started:.0f}s, shared by the trials")
     return features
 
 
@@ -335,7 +331,7 @@ def _trainable(config: dict, data: dict, features: dict, context: dict) -> None:
     node = f"{ray.util.get_node_ip_address()}/{ray.get_runtime_context().get_node_id()[:12]}"
     start = datetime.now(timezone.utc)
     trial_data = data[spec.config.image_size]
-    shared = features.get(features_key(spec.config, trial_data)) if spec.config.model == "inception" else None
+    shared = features.get(features_key(spec.config, trial_data)) if family(spec.config.model).pretrained_base else None
     resume = _resume_state(context["earlier"].get(spec.trial_id))
     # What a worker killed on this machine left in the temporary folder (a checkpoint being written, a model not yet
     # copied into the run) goes now. The model file is a name only until the trial ends.

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from beanlib.config import CLASS_NAMES
+from beanlib.families import FAMILIES, family
 from beanlib.stats import (ALPHA, accuracy, against_original, by_factor, choose, comparisons, family_choice, half_width,
                            ran_in_full, setting_stats)
 
@@ -87,11 +88,11 @@ def class_names(trials: pd.DataFrame) -> tuple[str, ...]:
 
 
 def bases(trials: pd.DataFrame) -> list[str]:
-    """Each Inception-v3 row's base, named by beanlib.weights.describe ("" for LeNet rows)."""
+    """Each row's pretrained base, named by beanlib.weights.describe ("" for a family trained from scratch)."""
     from beanlib.weights import describe
 
     sha = trials["weights_sha256"] if "weights_sha256" in trials else pd.Series(None, index=trials.index)
-    return [describe(w, h if isinstance(h, str) else None) if m == "inception" else ""
+    return [describe(w, h if isinstance(h, str) else None) if family(m).pretrained_base else ""
             for m, w, h in zip(trials["model"], trials["weights"], sha)]
 
 
@@ -161,7 +162,7 @@ def pct(value: float) -> str:
 
 def family_choices(trials: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """model -> the runs of its setting chosen on validation, for each family that has one."""
-    chosen = {model: family_choice(trials, model) for model in ("lenet", "inception")}
+    chosen = {model: family_choice(trials, model) for model in FAMILIES}
     return {model: runs for model, runs in chosen.items() if not runs.empty}
 
 

@@ -20,8 +20,9 @@ from beanlib import backend, checkpoint, scratch
 from beanlib.checkpoint import TrialState
 from beanlib.config import TrialConfig
 from beanlib.data import SPLITS, BeansData
-from beanlib.features import compute_features, features_key, predict_in_place
-from beanlib.models import build, count_params, for_inference, set_unfrozen, split_at_block
+from beanlib.features import compute_features
+from beanlib.families import keras_code
+from beanlib.models import build, count_params, for_inference
 from beanlib.weights import file_sha256
 
 EpochHook = Callable[[dict], "bool | None"]  # gets each epoch's record; returning True stops the trial
@@ -127,10 +128,10 @@ def run_trial(
         saves = on_checkpoint is not None and not config.early_stop
         recorder = _EpochRecorder(on_epoch, on_checkpoint if saves else None, checkpoint_seconds, config.planned_epochs)
         trial = _Trial(config, data, built, recorder, resume)
-        PHASE_RUNNERS[config.model](trial, features)
+        keras_code(config.model).train(trial, features)
         result = trial.finish()
         if save_model and result.status == "ok":
-            for_inference(built).save(save_model)
+            for_inference(config, built).save(save_model)
             result.model_bytes, result.model_sha256 = os.path.getsize(save_model), file_sha256(save_model)
     return result
 
@@ -285,45 +286,6 @@ class _Trial:
         result.test_confidence = np.exp(logits.max(1) - log_norm).tolist()  # softmax of the predicted logit
         result.per_class_accuracy = [float(confusion[c, c] / max(confusion[c].sum(), 1)) for c in range(n)]
         result.confusion_matrix = confusion.tolist()
-
-
-def _run_lenet(trial: _Trial, features) -> None:
-    c = trial.config
-    trial.fit(trial.built.model, "train", trial.images, c.epochs, c.learning_rate)
-
-
-def _run_inception(trial: _Trial, features) -> None:
-    """Phase 1 (frozen base, head only), then phase 2 (fine-tune from `unfreeze_from`) when set."""
-    c, built = trial.config, trial.built
-    if trial.resumes_in("fine_tune"):
-        pass  # the head phase is done: its weights are in the checkpoint's
-    elif c.feature_cache:
-        if features is None:
-            features = compute_features(built.features, c, trial.data)
-            trial.feature_seconds = features.seconds
-            trial.feature_source = "computed" if features.seconds else "cache"
-        elif features.key != features_key(c, trial.data):
-            raise ValueError("the features handed in were computed for other weights, image size or data")
-        else:
-            trial.feature_source, trial.shared_feature_seconds = "shared", features.seconds
-        trial.fit(built.head, "head", features.splits, c.epochs, c.learning_rate)
-    else:
-        trial.fit(built.model, "head", trial.images, c.epochs, c.learning_rate)
-    if "fine_tune" in c.phases and trial.go_on:
-        set_unfrozen(built, c.unfreeze_from)
-        model, inputs = built.model, trial.images
-        if c.feature_cache and c.batchnorm == "inference":
-            # The frozen blocks map each image to the same activations every epoch (BatchNorm on moving statistics,
-            # no dropout, no augmentation): compute them once, and fine-tune the open blocks and the head on them.
-            start = time.perf_counter()
-            below, model = split_at_block(built, c.unfreeze_from, c.batchnorm)
-            inputs = {s: predict_in_place(below, trial.images[s]) for s in SPLITS}
-            trial.feature_seconds += time.perf_counter() - start
-        done = sum(1 for r in trial.recorder.history if r["phase"] == "head")  # fewer than c.epochs after early stopping
-        trial.fit(model, "fine_tune", inputs, done + c.fine_tune_epochs, c.fine_tune_learning_rate, initial_epoch=done)
-
-
-PHASE_RUNNERS = {"lenet": _run_lenet, "inception": _run_inception}
 
 
 class _EpochRecorder(keras.callbacks.Callback):

@@ -14,8 +14,10 @@ from jobs.common import default_data, main_guard
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    from beanlib.families import FAMILIES
+
     p = argparse.ArgumentParser(prog="python -m jobs.trial", description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True, choices=["lenet", "inception"])
+    p.add_argument("--model", required=True, choices=list(FAMILIES))
     p.add_argument("--data", default=default_data(), help="tfds (beans) | tfds:NAME | synthetic | PATH (default: $BEANLIB_DATA or tfds)")
     p.add_argument("--per-class", type=int, help="keep only the first N images of each class in each split")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",

@@ -2,7 +2,9 @@
 
 import pytest
 
-from beanlib.config import ALL_FIELDS, DEFAULT_STRENGTH, TrialConfig, lenet_feature_size
+from beanlib.config import ALL_FIELDS, TrialConfig
+from beanlib.families.lenet import DEFAULT_STRENGTH
+from beanlib.families.lenet import feature_size as lenet_feature_size
 from beanlib.errors import BeanlibError
 
 

@@ -4,8 +4,10 @@ import keras
 import numpy as np
 import pytest
 
-from beanlib.config import INCEPTION_BLOCK_STARTS, TrialConfig
-from beanlib.models import build, count_params, set_unfrozen
+from beanlib.config import TrialConfig
+from beanlib.families.transfer import BLOCK_STARTS as INCEPTION_BLOCK_STARTS
+from beanlib.families.transfer.model import set_unfrozen
+from beanlib.models import build, count_params
 
 # SEED_STUDY.md's 3x3 table: parameters at 299x299 by kernel size and kernel counts.
 LENET_PARAMS = {

@@ -14,7 +14,8 @@ from beanlib.config import TrialConfig
 from beanlib.data import load_beans
 from beanlib.errors import BeanlibError
 from beanlib.features import features_key
-from beanlib.models import build, set_unfrozen, split_at_block
+from beanlib.families.transfer.model import set_unfrozen, split_at_block
+from beanlib.models import build
 from beanlib.weights import check_weights, describe, weights_sha256
 
 
@@ -42,7 +43,7 @@ def test_unfrozen_batchnorm_runs_in_inference_mode_when_the_model_trains(unfreez
 
 
 def test_keras_overrides_a_recorded_training_false_which_is_why_pretrained_base_exists():
-    # The claim in beanlib/models.py: a functional model passes its call's `training` to the layers it wraps,
+    # The claim in beanlib/families/transfer/model.py: a functional model passes its call's `training` to the layers it wraps,
     # overriding `base(x, training=False)`. If Keras stops doing so, this fails and PretrainedBase can go.
     base = keras.applications.InceptionV3(include_top=False, weights=None, input_shape=(75, 75, 3))
     inputs = keras.Input((75, 75, 3))

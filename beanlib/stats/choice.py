@@ -16,6 +16,7 @@ import math
 
 import pandas as pd
 
+from beanlib.families import FAMILIES
 from beanlib.results import RAN_IN_FULL
 
 # The shared baseline trial's label within each one-factor-at-a-time factor.
@@ -108,7 +109,7 @@ def winners(trials: pd.DataFrame) -> dict[str, str]:
         if chosen is not None and (run := best_run(rows[rows["label"] == settings.loc[chosen, "label"]])):
             found[factor] = run
     families = {}
-    for model in ("lenet", "inception"):
+    for model in FAMILIES:
         runs = family_choice(trials, model)
         if not runs.empty:
             found[model] = best_run(runs)
