@@ -1,4 +1,4 @@
-"""Pooled Inception-v3 base features, computed once per (weights, image size, data) and reused.
+"""Pooled base features of a pretrained (transfer-family) base, computed once per (weights, image size, data) and reused.
 
 With the base frozen and called with training=False, its output for an image
 never changes, so the head-only phase can train on these features instead of
@@ -19,6 +19,7 @@ import numpy as np
 
 from beanlib import backend
 from beanlib.config import TrialConfig
+from beanlib.families import family
 from beanlib.cache import cache_path, read_npz, write_npz
 from beanlib.data import SPLITS, BeansData
 from beanlib.weights import weights_sha256
@@ -63,7 +64,7 @@ def features_key(config: TrialConfig, data: BeansData) -> str:
         weights = ["none", config.seed]
     # Only a non-default precision or backend enters the key: features cached before either existed keep theirs.
     numerics = [config.precision, backend.current()]
-    blob = json.dumps(["inception_v3", weights, config.image_size, data.fingerprint,
+    blob = json.dumps([family(config.model).features_name, weights, config.image_size, data.fingerprint,
                        *([numerics] if numerics != ["float32", backend.DEFAULT] else [])])
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 

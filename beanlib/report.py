@@ -26,7 +26,7 @@ from beanlib import semantics
 from beanlib.stats import by_factor, factorial, study_verdicts, winners
 from beanlib.studies import study_of_run, trial_id_of_row
 
-# What a reader must know about each kind of Inception-v3 base, keyed by the first word of weights.describe().
+# What a reader must know about each kind of pretrained base, keyed by the first word of weights.describe().
 BASE_NOTES = {
     "ImageNet": "The original's base: its numbers compare directly.",
     "random": "Its numbers check the pipeline, not transfer learning, and do not compare with the original's; "
@@ -152,8 +152,8 @@ def _header(doc: Doc, trials, manifest, store, extra, missing, failed, labelled:
           "Accuracies are percentages"
           + (f"; one test image is {100 / tested:.2f} points." if tested else "."))
     doc.p(SELECTION)
-    for base in sorted(set(tables.bases(trials)) - {""}):
-        doc.p(f"**Inception-v3 base**: {base}. " + BASE_NOTES[base.split(" ")[0]])
+    for model, base in sorted({(m, b) for m, b in zip(trials["model"], tables.bases(trials)) if b}):
+        doc.p(f"**{FAMILIES[model].title} base**: {base}. " + BASE_NOTES[base.split(" ")[0]])
     if not extra.empty:
         doc.p(f"**Left out**: {len(extra)} trial rows are not in the run's current plan (written by an older beanlib "
               f"or other defaults): {', '.join(extra['trial_id'])}.")

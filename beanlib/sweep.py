@@ -33,7 +33,7 @@ from beanlib.options import Progress, SweepOptions, SweepSummary  # noqa: F401 (
 from beanlib.results import FINISHED, MODELS, RunStore, provenance, trial_row
 from beanlib.stats import winners
 from beanlib.studies import Study, TrialSpec, estimated_cost, find_study, hparams, plan, trial_id_of_row, trial_name
-from beanlib.weights import check_weights, weights_sha256
+from beanlib.weights import weights_sha256
 
 
 def run_sweep(opts: SweepOptions, out: Callable[[str], None] = print, progress: Progress | None = None) -> SweepSummary:
@@ -50,9 +50,8 @@ def run_sweep(opts: SweepOptions, out: Callable[[str], None] = print, progress: 
     # The driver may decode images and check weights (TensorFlow), and needs no GPU for it: they are the trials'.
     # Put off until then: with data, features and weights check cached, the driver never starts TensorFlow.
     backend.configure_when_needed(use_gpu=False)
-    bases = sorted({s.config.weights for s in specs if family(s.config.model).pretrained_base})
-    for weights in bases:
-        check_weights(weights)  # a wrong weights file stops here, in one line, before any data or result is written
+    for model, weights in sorted({(s.config.model, s.config.weights) for s in specs if family(s.config.model).pretrained_base}):
+        family(model).check_weights(weights)  # a wrong weights file stops here, in one line, before anything is written
     if opts.keep_models not in KEEP_MODELS:
         raise BeanlibError(f"unknown --keep-models {opts.keep_models!r}: use one of {', '.join(KEEP_MODELS)}")
     store = RunStore(opts.results, opts.name or opts.study)

@@ -237,12 +237,13 @@ def _number(fmt: str):
 
 
 def shared_features(trials: pd.DataFrame) -> str:
-    """The shared Inception-v3 base features' time, said once (it is in no trial's train seconds)."""
+    """The shared pretrained base features' time, said once (it is in no trial's train seconds)."""
     shared = trials[trials["feature_source"] == "shared"]
     if shared.empty:
         return ""
-    seconds = shared.groupby(["weights_sha256", "weights", "image_size"], dropna=False)["shared_feature_seconds"].max().sum()
-    return (f"Inception-v3 base features were computed once by the sweep ({seconds:.0f}s, 0 where read from the cache) "
+    seconds = shared.groupby(["model", "weights_sha256", "weights", "image_size"], dropna=False)["shared_feature_seconds"].max().sum()
+    titles = " and ".join(FAMILIES[m].title for m in sorted(shared["model"].unique()))
+    return (f"{titles} base features were computed once by the sweep ({seconds:.0f}s, 0 where read from the cache) "
             f"and shared by {len(shared)} trials; that time is in none of their train seconds, which cover their own "
             "fitting and, when fine-tuning, the frozen blocks' output.")
 

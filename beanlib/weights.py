@@ -1,4 +1,5 @@
-"""Inception-v3 base weights: loading them safely, their content identity, and how a report names them.
+"""Pretrained base weights (Inception-v3 and the other Keras Applications bases): loading them safely, their
+content identity, and how a report names them.
 
 A trial's `weights` is "imagenet" (Keras downloads its ImageNet file), "none"
 (random init) or the path of a Keras no-top weights file. A file is known by
@@ -17,7 +18,7 @@ from pathlib import Path
 from beanlib.errors import BeanlibError
 
 IMAGENET, RANDOM = "imagenet", "none"
-CHECK_SIZE = 75  # smallest input Inception-v3 takes: the cheapest build that loads every weight
+CHECK_SIZE = 75  # smallest input Inception-v3 takes (the others take it too): the cheapest build that loads every weight
 CHECK_VERSION = 1  # what check_weights verifies: a change to it makes every file be checked again
 
 _SHA256: dict[tuple, str] = {}
@@ -54,7 +55,7 @@ def content_identity(weights: str | None) -> str | None:
     if weights in (None, IMAGENET, RANDOM) or str(weights).startswith(CONTENT_PREFIX):
         return weights
     if not os.path.isfile(weights):
-        raise BeanlibError(f"weights file {weights} does not exist: pass a Keras Inception-v3 no-top weights file "
+        raise BeanlibError(f"weights file {weights} does not exist: pass a Keras Applications no-top weights file "
                            "(.weights.h5), 'imagenet' or 'none'")
     return CONTENT_PREFIX + file_sha256(weights)
 
@@ -70,9 +71,10 @@ def describe(weights: str | None, sha256: str | None) -> str:
     return f"file {name} ({digest}): a stand-in for ImageNet's weights"
 
 
-def load_inception_base(weights: str, image_size: int):
-    """keras.applications.InceptionV3(include_top=False) at `image_size` with `weights` loaded, or a one-line
-    BeanlibError when a file is missing, not HDF5, truncated, or holds another architecture's weights.
+def load_base(weights: str, image_size: int, base: str = "InceptionV3", title: str = "Inception-v3", **options):
+    """keras.applications.`base`(include_top=False, **options) at `image_size` with `weights` loaded, or a one-line
+    BeanlibError (naming the base by `title`) when a file is missing, not HDF5, truncated, or holds another
+    architecture's weights.
 
     A file's values are kept for the process's next load (one file at a time): a warm worker's next Inception
     trial sets them in 0.07 s instead of reading the file again in 1.4 s (measured at 128px). Keras warns about
@@ -81,33 +83,33 @@ def load_inception_base(weights: str, image_size: int):
     import keras
 
     if weights not in (IMAGENET, RANDOM) and not os.path.isfile(weights):
-        raise BeanlibError(f"weights file {weights} does not exist: pass a Keras Inception-v3 no-top weights file "
+        raise BeanlibError(f"weights file {weights} does not exist: pass a Keras {title} no-top weights file "
                            "(.weights.h5), 'imagenet' or 'none'")
-    base = keras.applications.InceptionV3(include_top=False, weights=IMAGENET if weights == IMAGENET else None,
-                                          input_shape=(image_size, image_size, 3))
+    network = getattr(keras.applications, base)(include_top=False, weights=IMAGENET if weights == IMAGENET else None,
+                                                input_shape=(image_size, image_size, 3), **options)
     if weights in (IMAGENET, RANDOM):
-        return base
-    key = _file_key(weights)
+        return network
+    key = (*_file_key(weights), base)
     if key in _VALUES:
-        base.set_weights(_VALUES[key])  # what InceptionV3(weights=FILE) does: build, then load_weights(FILE)
-        return base
+        network.set_weights(_VALUES[key])  # what the application with weights=FILE does: build, then load_weights(FILE)
+        return network
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("error", category=UserWarning, module=r"keras\.src\.saving")
-            base.load_weights(weights)
+            network.load_weights(weights)
     except (OSError, ValueError, KeyError, TypeError, UserWarning) as error:
-        reason = "its layers do not match Inception-v3's" if isinstance(error, UserWarning) else \
+        reason = f"its layers do not match {title}'s" if isinstance(error, UserWarning) else \
             (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-        raise BeanlibError(f"{weights} is not a Keras Inception-v3 no-top weights file ({reason}): pass the "
-                           "file that keras.applications.InceptionV3(include_top=False).save_weights wrote, 'imagenet' or 'none'") from None
+        raise BeanlibError(f"{weights} is not a Keras {title} no-top weights file ({reason}): pass the file that "
+                           f"keras.applications.{base}(include_top=False).save_weights wrote, 'imagenet' or 'none'") from None
     _VALUES.clear()
-    _VALUES[key] = base.get_weights()
-    return base
+    _VALUES[key] = network.get_weights()
+    return network
 
 
-def check_weights(weights: str | None) -> None:
-    """Refuse, before any training, a weights file that would not load as an Inception-v3 no-top base, or that
-    holds untrained weights (every BatchNorm statistic still at its initial 0 mean and 1 variance).
+def check_weights(weights: str | None, base: str = "InceptionV3", title: str = "Inception-v3", **options) -> None:
+    """Refuse, before any training, a weights file that would not load as a `base` no-top network, or that holds
+    untrained weights (every BatchNorm statistic still at its initial 0 mean and 1 variance).
 
     Loads it once at the smallest size (a few seconds, and TensorFlow's start in a process that had no need of it);
     a file that passed is not checked again: in this process, nor on this machine (a mark in the beanlib cache,
@@ -115,7 +117,7 @@ def check_weights(weights: str | None) -> None:
     """
     if weights in (None, IMAGENET, RANDOM):
         return
-    key = _file_key(weights)
+    key = (*_file_key(weights), base)
     mark = _checked_mark(*key)
     if key in _LOADABLE or (mark is not None and mark.exists()):
         _LOADABLE.add(key)
@@ -126,12 +128,12 @@ def check_weights(weights: str | None) -> None:
     import keras
     import numpy as np
 
-    base = load_inception_base(weights, CHECK_SIZE)
-    moving = [v for v in base.non_trainable_weights if "moving_" in v.path]
-    untrained = all(np.all(v.numpy() == (0.0 if "moving_mean" in v.path else 1.0)) for v in moving)
+    network = load_base(weights, CHECK_SIZE, base, title, **options)
+    moving = [v for v in network.non_trainable_weights if "moving_" in v.path]
+    untrained = bool(moving) and all(np.all(v.numpy() == (0.0 if "moving_mean" in v.path else 1.0)) for v in moving)
     keras.backend.clear_session()
     if untrained:
-        raise BeanlibError(f"{weights} holds untrained Inception-v3 weights (BatchNorm statistics at their initial "
+        raise BeanlibError(f"{weights} holds untrained {title} weights (BatchNorm statistics at their initial "
                            "values): pass a pretrained file, or 'none' for a random-init base")
     _LOADABLE.add(key)
     if mark is not None:
@@ -145,9 +147,9 @@ def _file_key(weights: str) -> tuple[str, str]:
     return weights_sha256(weights), "".join(os.path.basename(weights).partition(".")[1:])
 
 
-def _checked_mark(sha256: str, suffix: str) -> Path | None:
-    """The cache file whose presence says that a weights file of this content and suffix passed check_weights
-    under the installed Keras; None where the Keras version cannot be read without importing it (always check)."""
+def _checked_mark(sha256: str, suffix: str, base: str) -> Path | None:
+    """The cache file whose presence says that a weights file of this content and suffix passed check_weights as
+    a `base` under the installed Keras; None where the Keras version cannot be read without importing it (always check)."""
     from importlib.metadata import PackageNotFoundError, version
 
     from beanlib.cache import default_cache_dir
@@ -156,4 +158,5 @@ def _checked_mark(sha256: str, suffix: str) -> Path | None:
         keras_version = version("keras")
     except PackageNotFoundError:  # Keras installed under another name (keras-nightly)
         return None
-    return default_cache_dir() / "weights-checked" / f"{sha256}{suffix}-keras{keras_version}-check{CHECK_VERSION}"
+    as_base = "" if base == "InceptionV3" else f"-{base}"  # Inception-v3's marks keep the names they had
+    return default_cache_dir() / "weights-checked" / f"{sha256}{suffix}{as_base}-keras{keras_version}-check{CHECK_VERSION}"

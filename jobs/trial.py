@@ -48,10 +48,11 @@ def main(argv: list[str] | None = None) -> int:
             raise BeanlibError(f"--set {item!r} is not FIELD=VALUE: write e.g. --set kernel_size=3")
         values[name] = None if value.lower() == "none" and name == "unfreeze_from" else value
     config = TrialConfig.from_dict(values)  # refuse bad input before loading any data
-    from beanlib.weights import check_weights
+    from beanlib.families import family
 
     backend.configure(args.cpus)  # before checking weights or decoding: backends fix their threads when they start
-    check_weights(config.weights)  # a weights file that is not a trained Inception-v3 base, too
+    if family(config.model).pretrained_base:
+        family(config.model).check_weights(config.weights)  # a file that is not a trained base of this family, too
     from beanlib.data import load_beans
     from beanlib.train import run_trial
 

@@ -52,7 +52,7 @@ def test_values_from_flags_and_parquet_are_coerced():
         ({"model": "lenet", "unfreeze_from": 249}, "does not apply to model 'lenet'"),
         ({"model": "inception", "kernel_size": 3}, "does not apply to model 'inception'"),
         ({"model": "inception", "image_size": 74}, "too small for Inception-v3: use at least 75"),
-        ({"model": "inception", "unfreeze_from": 400}, "unfreeze_from 400 is not the first layer of an Inception-v3 block"),
+        ({"model": "inception", "unfreeze_from": 400}, "unfreeze_from 400 is not where a block of Inception-v3 starts: use one of 41, 64"),
         ({"model": "inception", "unfreeze_from": 250}, "use one of 41, 64"),
         ({"model": "inception", "fine_tune_epochs": -1}, "fine_tune_epochs must be an integer >= 0"),
         ({"model": "inception", "feature_cache": "maybe"}, "feature_cache must be true or false"),
@@ -71,3 +71,13 @@ def test_lenet_feature_size_matches_the_original_table():
 
 def test_all_fields_cover_both_families():
     assert {"model", "kernel_size", "unfreeze_from", "seed"} <= set(ALL_FIELDS)
+
+
+def test_each_transfer_family_takes_the_block_starts_of_its_own_base():
+    from beanlib.families.transfer import BASES
+
+    assert TrialConfig.from_dict({"model": "resnet50", "unfreeze_from": BASES["resnet50"].block_starts[-2]}).phases == ("head", "fine_tune")
+    with pytest.raises(BeanlibError, match="unfreeze_from 249 is not where a block of ResNet50 starts: use one of 7, 19"):
+        TrialConfig.from_dict({"model": "resnet50", "unfreeze_from": 249})  # Inception-v3's top 2
+    with pytest.raises(BeanlibError, match="unknown model 'vgg16': use one of lenet, inception, resnet50"):
+        TrialConfig.from_dict({"model": "vgg16"})

@@ -43,7 +43,7 @@ def _run(*args, timeout=600, **kwargs) -> subprocess.CompletedProcess:
         (["jobs.sweep", "--study", "seed", "--image-size", "64", "--dry-run"], "error: image_size 64 is too small for Inception-v3"),
         (["jobs.sweep", "--study", "smoke", "--repeats", "0"], "error: --repeats must be positive"),
         (["jobs.trial", "--model", "lenet", "--set", "kernel_size=0"], "error: kernel_size must be a positive integer"),
-        (["jobs.trial", "--model", "inception", "--set", "unfreeze_from=250"], "error: unfreeze_from 250 is not the first layer"),
+        (["jobs.trial", "--model", "inception", "--set", "unfreeze_from=250"], "error: unfreeze_from 250 is not where a block"),
         (["jobs.trial", "--model", "inception", "--set", "weights=README.md"], "error: README.md is not a Keras Inception-v3 no-top weights file"),
     ],
 )

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 from beanlib.config import TrialConfig
-from beanlib.families.transfer import BLOCK_STARTS as INCEPTION_BLOCK_STARTS
 from beanlib.families.transfer.model import set_unfrozen
 from beanlib.models import build, count_params
 
@@ -72,12 +71,6 @@ def test_inception_trainable_counts_per_unfreeze_variant_in_any_order(inception_
     set_unfrozen(inception_299, None)
 
 
-def test_inception_block_table_matches_the_built_base(inception_299):
-    layers = inception_299.base.layers
-    after_block = [i + 1 for i, layer in enumerate(layers) if layer.name.startswith("mixed") and "_" not in layer.name]
-    assert tuple(after_block[:-1]) == INCEPTION_BLOCK_STARTS and after_block[-1] == len(layers)
-
-
 def test_inception_accepts_75px_and_outputs_logits():
     built = build(TrialConfig.from_dict({"model": "inception", "weights": "none", "image_size": 75}))
     x = np.random.default_rng(0).integers(0, 255, (2, 75, 75, 3)).astype(np.uint8)
@@ -119,3 +112,93 @@ def test_the_size_estimate_counts_the_parameters_keras_builds(values, classes):
 
     config = TrialConfig.from_dict(values)
     assert estimated_params(config, classes) == parameter_counts(config, classes)[1]
+
+
+OTHER_BASES = ["resnet50", "efficientnet_b0", "mobilenet_v3_large", "convnext_tiny"]
+# The first operation of a block, as Keras names it in each base, the block's name first (ConvNeXt: a stage's first
+# block opens with its downsampling layer).
+BLOCK_OPENERS = {
+    "inception": r"^(conv2d|average_pooling2d|max_pooling2d)",  # after a mixedN concat
+    "resnet50": r"^(conv\d_block\d+)_1_conv$",
+    "efficientnet_b0": r"^(block\d[a-z])_(expand_conv|dwconv)$",
+    "mobilenet_v3_large": r"^(expanded_conv(?:_\d+)?)_(expand|depthwise)$",
+    "convnext_tiny": r"^convnext_tiny_(stage_0_block_0_depthwise_conv|stage_\d_block_[1-9]\d*_depthwise_conv|downsampling_block_\d)$",
+}
+
+
+def _clean_cuts(network) -> set[int]:
+    """Indices s of the network's operations where it can be cut: nothing from s on reads an operation before s - 1."""
+    operations = network.operations
+    index = {id(op): i for i, op in enumerate(operations)}
+    earliest = [min([index[id(p.operation)] for node in op._inbound_nodes for p in node.parent_nodes if id(p.operation) in index]
+                    or [i]) for i, op in enumerate(operations)]
+    cuts, reads_from = set(), len(operations)
+    for s in range(len(operations) - 1, 0, -1):
+        reads_from = min(reads_from, earliest[s])
+        if reads_from >= s - 1:
+            cuts.add(s)
+    return cuts
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["inception", *OTHER_BASES])
+def test_each_bases_table_matches_the_network_keras_builds(model):
+    """Block starts are clean cuts that open a block, one per block; operations, parameters and channels as Keras
+    counts them; and the whole model's parameters are the dry run's estimate."""
+    import re
+
+    from beanlib.families.transfer import BASES
+    from beanlib.models import parameter_counts
+    from beanlib.studies import estimated_params
+
+    spec = BASES[model]
+    config = TrialConfig.from_dict({"model": model, "image_size": 75, "weights": "none"})
+    built = build(config)
+    operations = built.base.operations
+    assert (len(operations), built.base.count_params(), built.base.output_shape[-1]) == (spec.operations, spec.params, spec.channels)
+    blocks: dict[str, int] = {}  # a block's name -> its first clean cut that opens it
+    for s in sorted(_clean_cuts(built.base)):
+        if found := re.search(BLOCK_OPENERS[model], operations[s].name):
+            blocks.setdefault(operations[s - 1].name if model == "inception" else found.group(1), s)
+    if model == "inception":  # its table is the cuts right after each mixedN block but the last
+        blocks = {name: s for name, s in blocks.items() if name.startswith("mixed")}
+    assert tuple(blocks.values()) == spec.block_starts
+    assert parameter_counts(config)[1] == estimated_params(config) == built.model.count_params()
+
+
+@pytest.mark.parametrize("model, application", [("inception", "inception_v3"), ("resnet50", "resnet50")])
+def test_a_bases_preprocessing_layer_is_what_keras_preprocess_input_does(model, application):
+    """Inception's and ResNet50's preprocessing as one built-in layer (no Lambda: safe-mode loading) equals
+    keras.applications' own preprocess_input; the other bases preprocess inside the network Keras builds."""
+    from beanlib.families.transfer import BASES
+    from beanlib.families.transfer.model import preprocessing
+
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 5, 5, 3)).astype("float32")
+    expected = getattr(keras.applications, application).preprocess_input(pixels.copy())
+    layer = preprocessing(BASES[model])
+    np.testing.assert_allclose(np.asarray(layer(pixels)), expected, rtol=1e-5, atol=1e-3)
+    assert {BASES[m].preprocessing for m in OTHER_BASES if m != "resnet50"} == {"included"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", OTHER_BASES)
+def test_each_base_fine_tunes_its_top_blocks_with_the_same_protocol(model, tmp_path):
+    """Head phase on cached features, then the top 2 blocks open (BatchNorm on moving statistics), for every base:
+    the trial runs, the fine-tune trains only the open blocks and the head, and its saved model loads in safe mode."""
+    from beanlib.data import load_beans
+    from beanlib.families.transfer import BASES
+    from beanlib.train import run_trial
+
+    data = load_beans("synthetic", 75, per_class=3)
+    top2 = BASES[model].block_starts[-2]
+    config = TrialConfig.from_dict({"model": model, "image_size": 75, "weights": "none", "epochs": 1, "fine_tune_epochs": 1,
+                                    "unfreeze_from": top2, "batch_size": 4})
+    saved = tmp_path / "model.keras"
+    result = run_trial(config, data, save_model=str(saved))
+    assert result.status == "ok" and [r["phase"] for r in result.history] == ["head", "fine_tune"]
+    head_only = TrialConfig.from_dict({**config.to_dict(), "unfreeze_from": None})
+    from beanlib.models import parameter_counts
+
+    assert parameter_counts(head_only)[0] < result.trainable_params < result.total_params
+    loaded = keras.saving.load_model(saved, safe_mode=True)
+    assert loaded.output_shape == (None, 3)

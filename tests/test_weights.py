@@ -106,7 +106,7 @@ def test_an_untrained_file_is_refused_and_a_renamed_copy_is_checked_again(tmp_pa
 def test_a_weights_file_loaded_again_in_a_process_gives_the_files_values(tmp_path):
     """The second load of a file sets the values the first read from it (not read again: 0.07 s against 1.4 s)."""
     from beanlib import weights as weights_module
-    from beanlib.weights import load_inception_base
+    from beanlib.weights import load_base as load_inception_base
 
     path = tmp_path / "trained.weights.h5"
     _trained_looking_base().save_weights(path)

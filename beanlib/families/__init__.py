@@ -13,7 +13,7 @@ from beanlib.errors import BeanlibError
 from beanlib.families import lenet, transfer
 from beanlib.families.family import Family
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (lenet.FAMILY, transfer.FAMILY)}
+FAMILIES: dict[str, Family] = {f.name: f for f in (lenet.FAMILY, *transfer.FAMILIES)}
 
 
 def family(name: str) -> Family:

@@ -32,7 +32,20 @@ class Family:
     model: str  # the module with its Keras code (see above)
     normalise: Callable[[dict[str, Any]], dict[str, Any]] = lambda values: values  # defaults that depend on other fields
     arch_neutral: dict[str, Any] = field(default_factory=dict)  # fields (and stand-ins) that leave the architecture as is
-    pretrained_base: bool = False  # its trials start from a base's weights: checked before the sweep, features shared
+    base: str | None = None  # its pretrained base, a keras.applications name (None: trained from scratch)
+    base_options: dict[str, Any] = field(default_factory=dict)  # what that application is built with besides weights
+    features_name: str | None = None  # how cached base features are keyed (a name once given is kept: caches stay valid)
+
+    @property
+    def pretrained_base(self) -> bool:
+        """Whether its trials start from a base's weights: checked before the sweep, its features shared."""
+        return self.base is not None
+
+    def check_weights(self, weights: str) -> None:
+        """Refuse, in one line, a weights file that is not a trained no-top base of this family."""
+        from beanlib.weights import check_weights
+
+        check_weights(weights, self.base, self.title, **self.base_options)
 
 
 def positive_int(config: "TrialConfig", *names: str) -> None:

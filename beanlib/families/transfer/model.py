@@ -1,5 +1,6 @@
-"""Inception-v3 transfer learning's Keras code: the model (pretrained base, BatchNorm mode, head), opening the top
-blocks, cutting the model at a block for cached fine-tuning, its two training phases, and the model as saved."""
+"""Transfer learning's Keras code, for any base in BASES: the model (its preprocessing, the pretrained base with the
+trial's BatchNorm mode, the head), opening the top blocks, cutting the model at a block for cached fine-tuning, the
+two training phases, and the model as saved."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from keras import layers
 
 from beanlib.data import SPLITS
 from beanlib.features import compute_features, features_key, predict_in_place
+from beanlib.families.transfer import BASES, Base
 from beanlib.models import Built
-from beanlib.weights import load_inception_base
+from beanlib.weights import load_base
 
 if TYPE_CHECKING:
     from beanlib.config import TrialConfig
@@ -49,13 +51,14 @@ BATCHNORM_MODES = {
 
 
 def build(config: "TrialConfig", num_classes: int) -> Built:
-    """Inception-v3 transfer model: [-1,1] rescale, the base (BatchNorm per `config.batchnorm`), GAP,
+    """The transfer model: the base's own preprocessing, the base (BatchNorm per `config.batchnorm`), GAP,
     Dense(1024, relu), one logit per class.
 
     The base is built frozen (head-only phase); `set_unfrozen` opens it for fine-tuning.
     """
-    size = config.image_size
-    base = load_inception_base(config.weights, size)  # "imagenet", "none" (random init) or a checked weights file
+    size, spec = config.image_size, BASES[config.model]
+    # "imagenet", "none" (random init) or a checked weights file
+    base = load_base(config.weights, size, spec.application, spec.title, **dict(spec.options))
     base.trainable = False
 
     pooled_in = keras.Input((base.output_shape[-1],), name="pooled")
@@ -63,9 +66,9 @@ def build(config: "TrialConfig", num_classes: int) -> Built:
     head = keras.Model(pooled_in, layers.Dense(num_classes, name="logits", dtype="float32")(hidden), name="head")
 
     inputs = keras.Input((size, size, 3), name="image")
-    x = _rescaling()(inputs)
+    x = preprocessing(spec)(inputs)
     pooled = layers.GlobalAveragePooling2D(name="pool")(PretrainedBase(base, config.batchnorm, name="base")(x))
-    model = keras.Model(inputs, head(pooled), name="inception_v3_transfer")
+    model = keras.Model(inputs, head(pooled), name=f"{config.model}_transfer")
     return Built(model, base=base, head=head, features=keras.Model(inputs, pooled, name="features"))
 
 
@@ -75,28 +78,40 @@ def for_inference(built: Built) -> keras.Model:
     called as a plain nested model, with the same layers and weights; in inference its BatchNorm uses the moving
     statistics either way."""
     inputs = keras.Input(built.model.input_shape[1:], name="image")
-    pooled = layers.GlobalAveragePooling2D(name="pool")(built.base(_rescaling()(inputs)))
+    pooled = layers.GlobalAveragePooling2D(name="pool")(built.base(built.model.get_layer(PREPROCESS)(inputs)))
     return keras.Model(inputs, built.head(pooled), name=built.model.name)
 
 
-def _rescaling() -> layers.Layer:
-    """uint8-range pixels to Inception-v3's [-1, 1]."""
-    return layers.Rescaling(1 / 127.5, offset=-1)
+PREPROCESS = "preprocess"  # the layer that takes uint8-range pixels to what the base was trained on
+IMAGENET_MEAN_BGR = (103.939, 116.779, 123.68)  # keras.applications.imagenet_utils, "caffe" mode
+
+
+def preprocessing(spec: Base) -> layers.Layer:
+    """One built-in layer doing what `keras.applications.<base>.preprocess_input` does (tests compare them), so a
+    saved model needs no custom code: Inception's [-1, 1]; "caffe" (ResNet50) as a fixed Dense over the channels
+    that reverses them to BGR and subtracts ImageNet's mean; nothing where the base preprocesses itself."""
+    if spec.preprocessing == "inception":
+        return layers.Rescaling(1 / 127.5, offset=-1, name=PREPROCESS)
+    if spec.preprocessing == "caffe":
+        flip = keras.initializers.Constant([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+        bias = keras.initializers.Constant([-m for m in IMAGENET_MEAN_BGR])
+        return layers.Dense(3, kernel_initializer=flip, bias_initializer=bias, trainable=False, dtype="float32", name=PREPROCESS)
+    return layers.Identity(name=PREPROCESS)
 
 
 def split_at_block(built: Built, block_start: int, batchnorm: str) -> tuple[keras.Model, keras.Model]:
-    """The Inception transfer model cut where block `block_start` begins: (below, above).
+    """The transfer model cut where the block beginning at operation `block_start` of the base begins: (below, above).
 
     `below` maps images to the activations entering that block (the frozen part, run in inference mode);
     `above` maps those activations to logits through the open blocks and the head, sharing their layers (and
     weights) with `built.model`, BatchNorm per `batchnorm` as in the whole model. A block's layers take their
-    inputs only from the previous block's output, so the cut is clean at every block start.
+    inputs only from the previous block's output, so the cut is clean at every block start (tests/test_models.py).
     """
     base = built.base
-    boundary = base.layers[block_start - 1].output
+    boundary = base.operations[block_start - 1].output
     images = keras.Input(built.model.input_shape[1:], name="image")
-    below = keras.Model(images, keras.Model(base.input, boundary)(_rescaling()(images), training=False),
-                        name="below")
+    preprocess = built.model.get_layer(PREPROCESS)
+    below = keras.Model(images, keras.Model(base.input, boundary)(preprocess(images), training=False), name="below")
     top = keras.Model(boundary, base.output, name="open_blocks")  # an intermediate input: Keras reuses the layers
     entering = keras.Input(boundary.shape[1:], name="block_input")
     pooled = layers.GlobalAveragePooling2D(name="pool")(PretrainedBase(top, batchnorm, name="open")(entering))
@@ -104,15 +119,17 @@ def split_at_block(built: Built, block_start: int, batchnorm: str) -> tuple[kera
 
 
 def set_unfrozen(built: Built, unfreeze_from: int | None) -> None:
-    """Make base layers from index `unfreeze_from` on trainable (None: freeze the whole base).
+    """Make the base's layers from operation `unfreeze_from` on trainable (None: freeze the whole base). Operations
+    are the base's layers and its plain ops (a residual `+`), which hold no weights; Inception-v3 has only layers.
 
     Every layer's flag is set explicitly: in Keras 3, flipping `base.trainable`
     does not reset flags left on individual layers by an earlier call, so a
     second call would otherwise keep a stale trainable set. Recompile after.
     """
     built.base.trainable = unfreeze_from is not None
-    for index, layer in enumerate(built.base.layers):
-        layer.trainable = unfreeze_from is not None and index >= unfreeze_from
+    for index, operation in enumerate(built.base.operations):
+        if isinstance(operation, layers.Layer):
+            operation.trainable = unfreeze_from is not None and index >= unfreeze_from
 
 
 def train(trial, features) -> None:
