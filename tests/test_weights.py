@@ -106,13 +106,13 @@ def test_an_untrained_file_is_refused_and_a_renamed_copy_is_checked_again(tmp_pa
 def test_a_weights_file_loaded_again_in_a_process_gives_the_files_values(tmp_path):
     """The second load of a file sets the values the first read from it (not read again: 0.07 s against 1.4 s)."""
     from beanlib import weights as weights_module
-    from beanlib.weights import load_base as load_inception_base
+    from beanlib.weights import load_base
 
     path = tmp_path / "trained.weights.h5"
     _trained_looking_base().save_weights(path)
-    expected = [np.array(v) for v in load_inception_base(str(path), 75).get_weights()]  # read from the file
-    assert list(weights_module._VALUES) == [weights_module._file_key(str(path))]
-    again = load_inception_base(str(path), 99).get_weights()  # from memory, at another size: the same values
+    expected = [np.array(v) for v in load_base(str(path), 75).get_weights()]  # read from the file
+    assert list(weights_module._VALUES) == [(*weights_module._file_key(str(path)), "InceptionV3")]
+    again = load_base(str(path), 99).get_weights()  # from memory, at another size: the same values
     assert len(again) == len(expected) and all(np.array_equal(a, b) for a, b in zip(again, expected))
     fresh = keras.applications.InceptionV3(include_top=False, weights=None, input_shape=(75, 75, 3))
     fresh.load_weights(path)  # Keras's own reading of the file
