@@ -132,7 +132,7 @@ def test_a_study_file_is_found_by_path_and_may_not_take_a_builtin_name(tmp_path)
 
 
 def test_the_example_study_files_load():
-    examples = sorted((REPO / "examples").glob("*.yaml"))
+    examples = sorted((REPO / "studies" / "examples").glob("*.yaml"))
     assert examples
     for path in examples:
         assert plan(find_study(str(path)))
