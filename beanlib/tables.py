@@ -47,9 +47,13 @@ SUMMARY_COLUMNS = ["factor", "setting", "model", "n", "pruned", "failed", "test_
 
 def summarize(trials: pd.DataFrame) -> pd.DataFrame:
     """Per factor and setting: `beanlib.stats.setting_stats`, whether it is the factor's choice on validation, its
-    parameters, seconds, memory and base, and (on beans only) the original's number; in the original study's order."""
+    parameters, seconds, memory and base, and the original's number (for beanlib's own studies, which restate the
+    original's settings, on beans only: a user's study gets no column it did not ask for); in the original's order."""
+    from beanlib.studies import STUDIES
+
     groups = []
-    original_numbers = ORIGINAL if class_names(trials) == CLASS_NAMES else {}
+    builtin = trials["study"].isin(list(STUDIES)).all() if "study" in trials else False
+    original_numbers = ORIGINAL if builtin and class_names(trials) == CLASS_NAMES else {}
     for (factor, label), g in by_factor(trials).groupby(["factor", "label"], sort=False):
         ok = ran_in_full(g)
         original, note = original_numbers.get(factor, {}).get(label, (None, ""))

@@ -128,8 +128,9 @@ def test_a_full_disk_stops_the_sweep_in_one_line_and_an_error_of_the_environment
 
 
 def test_a_users_study_file_sweeps_resumes_and_reports_its_own_questions(local_ray, tmp_path):
-    """--study FILE: its repeats and subsample apply, run.json records what it declared, the report asks its
-    contrasts, the same command resumes with nothing to run, and a changed declaration is a different study."""
+    """--study FILE: its repeats and subsample apply, run.json records what it declared, the report names its factor
+    and asks its contrasts (and shows no original's column: its settings only share the original's names), the same
+    command resumes with nothing to run, and a changed declaration is a different study."""
     import json
 
     from beanlib.report import build_report
@@ -143,8 +144,8 @@ repeats: 2
 per_class: 3
 factors:
   kernel_size:
-    baseline: k5
-    settings: {k3: {kernel_size: 3}, k5: {kernel_size: 5}}
+    baseline: kernel_size=5
+    settings: {kernel_size=3: {kernel_size: 3}, kernel_size=5: {kernel_size: 5}}
 """)
     lines = []
     run_sweep(SweepOptions(study=str(path), data="synthetic", results=str(tmp_path / "r")), out=lines.append)
@@ -153,13 +154,38 @@ factors:
     assert len(trials) == 4 and set(trials["study"]) == {"mine"} and sorted(trials["repeat"]) == [0, 0, 1, 1]
     assert set(trials["per_class"]) == {3} and set(trials["status"]) == {"ok"}
     manifest = json.loads((run / "run.json").read_text())
-    assert manifest["repeats"] == 2 and manifest["study_file"]["factors"]["kernel_size"]["baseline"] == "k5"
+    assert manifest["repeats"] == 2 and manifest["study_file"]["factors"]["kernel_size"]["baseline"] == "kernel_size=5"
     build_report(str(run))
-    assert "k3 against k5" in (run / "report" / "report.md").read_text()
+    markdown = (run / "report" / "report.md").read_text()
+    assert "kernel_size=3 against kernel_size=5" in markdown and "### kernel_size" in markdown
+    assert "original %" not in markdown
     assert run_sweep(SweepOptions(study=str(path), data="synthetic", results=str(tmp_path / "r")), out=lines.append).ran == 0
-    path.write_text(path.read_text().replace("k5: {kernel_size: 5}}", "k5: {kernel_size: 5}, k2: {kernel_size: 2}}"))
+    path.write_text(path.read_text().replace("kernel_size=5: {kernel_size: 5}}", "kernel_size=5: {kernel_size: 5}, k2: {kernel_size: 2}}"))
     with pytest.raises(BeanlibError, match="already holds a run with different study_file"):
         run_sweep(SweepOptions(study=str(path), data="synthetic", results=str(tmp_path / "r")), out=lines.append)
+
+
+def test_a_users_factorial_study_file_runs_and_its_report_fits_the_crossed_fields(local_ray, tmp_path):
+    path = tmp_path / "grid.yaml"
+    path.write_text("""\
+name: grid
+description: kernel size crossed with learning rate on a small LeNet
+base: {model: lenet, image_size: 32, epochs: 1, batch_size: 8}
+repeats: 2
+per_class: 3
+factorial:
+  levels:
+    kernel_size: {k3: {kernel_size: 3}, k5: {kernel_size: 5}}
+    learning_rate: {fast: {learning_rate: 0.01}, slow: {learning_rate: 0.001}}
+""")
+    from beanlib.report import build_report
+
+    run_sweep(SweepOptions(study=str(path), data="synthetic", results=str(tmp_path / "r")), out=lambda line: None)
+    trials = pd.read_parquet(tmp_path / "r" / "grid" / "trials")
+    assert len(trials) == 8 and sorted(set(trials["setting"])) == ["k3/fast", "k3/slow", "k5/fast", "k5/slow"]
+    build_report(str(tmp_path / "r" / "grid"))
+    markdown = (tmp_path / "r" / "grid" / "report" / "report.md").read_text()
+    assert "main effects and two-way interactions (seed-blocked linear model, HC3-robust type-II F-tests, Holm over its 3 effects" in markdown
 
 
 def test_a_sweep_stopped_by_ctrl_c_says_how_to_resume_and_the_same_command_resumes(local_ray, tiny_study, tmp_path):
