@@ -13,6 +13,7 @@ from beanlib import backend, semantics
 from beanlib.config import CLASS_NAMES
 from beanlib.data import CARVE_FRACTIONS, CARVE_SEED, decoded_bytes
 from beanlib.errors import BeanlibError
+from beanlib.families import FAMILIES
 from beanlib.results import FINISHED
 from beanlib.studies import STUDIES, TrialSpec
 from beanlib.weights import content_identity
@@ -34,9 +35,9 @@ def check_options(opts: "SweepOptions", specs: list[TrialSpec]) -> None:
     settings = list(dict.fromkeys(s.setting for s in specs))
     if unknown := [name for name in opts.only if name not in settings]:
         raise BeanlibError(f"--only {' '.join(unknown)}: study {opts.study} has no such setting: use one of {', '.join(settings)}")
-    if opts.scheduler != "fifo" and len({s.config.model for s in specs}) > 1:
+    if opts.scheduler != "fifo" and len(models := sorted({s.config.model for s in specs}, key=list(FAMILIES).index)) > 1:
         raise BeanlibError(f"--scheduler {opts.scheduler} compares trials by validation accuracy, and study {opts.study} mixes "
-                           "LeNet and Inception-v3, whose curves are not comparable: run one family per sweep "
+                           f"{' and '.join(FAMILIES[m].title for m in models)}, whose curves are not comparable: run one family per sweep "
                            "(e.g. --study lenet-full or --study inception), or use --scheduler fifo")
 
 
