@@ -131,7 +131,8 @@ def _compose(trials, epochs, manifest, store, out: Path, data: str | None = None
     _header(doc, trials, manifest, store, extra, missing, failed, labelled)
     verdicts, families, chosen = _verdicts(summary, trials, manifest)
     _factors(doc, summary, trials, epochs, verdicts, out)
-    doc.h(2, "LeNet against Inception-v3: each family's setting chosen on validation")
+    present = [FAMILIES[m].title for m in FAMILIES if m in set(trials["model"])]
+    doc.h(2, f"{' against '.join(present) or 'Model families'}: each family's setting chosen on validation")
     if chosen:
         _families(doc, chosen, families, epochs, out)
         _mistakes(doc, trials, manifest, data, out)
@@ -193,13 +194,15 @@ def _factors(doc: Doc, summary, trials, epochs, verdicts: dict[str, str], out: P
     from beanlib import figures
 
     factors = list(summary["factor"].drop_duplicates())
+    beside = summary["original_test_accuracy"].notna().any()  # beanlib's own studies, on beans
     doc.h(2, "The answer")
     doc.figure(figures.answer(summary, out / "figures"),
                "Test accuracy per setting (number of runs in brackets): mean with its 95% interval over seeds on these "
                "test images (bars) and for new images by a new seed (wide shaded band), single runs, "
-               "the original study's reported number, and each factor's setting chosen on validation in green")
+               + ("the original study's reported number, " if beside else "") + "and each factor's setting chosen on "
+               "validation in green")
     doc.p(" ".join(f"{factor.replace('_', ' ')}: {verdicts[factor]}." for factor in factors))
-    doc.h(2, "Factors, beside the original study")
+    doc.h(2, "Factors, beside the original study" if beside else "Factors")
     if line := tables.beside_original(summary):
         doc.p(line)
     for factor in factors:

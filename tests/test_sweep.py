@@ -158,7 +158,7 @@ factors:
     build_report(str(run))
     markdown = (run / "report" / "report.md").read_text()
     assert "kernel_size=3 against kernel_size=5" in markdown and "### kernel_size" in markdown
-    assert "original %" not in markdown
+    assert "original %" not in markdown and "## Factors\n" in markdown and "beside the original" not in markdown
     assert run_sweep(SweepOptions(study=str(path), data="synthetic", results=str(tmp_path / "r")), out=lines.append).ran == 0
     path.write_text(path.read_text().replace("kernel_size=5: {kernel_size: 5}}", "kernel_size=5: {kernel_size: 5}, k2: {kernel_size: 2}}"))
     with pytest.raises(BeanlibError, match="already holds a run with different study_file"):
