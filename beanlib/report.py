@@ -121,7 +121,8 @@ def _replace_dir(staging: Path, out: Path) -> None:
 def _compose(trials, epochs, manifest, store, out: Path, data: str | None = None):
     (out / "figures").mkdir(parents=True, exist_ok=True)
     doc = Doc()
-    planned = _planned(manifest)
+    study = study_of_run(manifest)  # read once: the plan and the verdicts' questions both come from it
+    planned = _planned(study, manifest)
     extra = trials[~trials["trial_id"].isin(planned)] if planned is not None else trials.iloc[:0]
     trials = trials.drop(extra.index)  # rows from an older plan (changed defaults) would mix two experiments
     trials, labelled = _with_labels(trials, manifest, data)
@@ -129,7 +130,7 @@ def _compose(trials, epochs, manifest, store, out: Path, data: str | None = None
     missing = [label for trial_id, label in (planned or {}).items() if trial_id not in set(trials["trial_id"])]
     failed = trials[~trials["status"].isin(("ok", "pruned"))]
     _header(doc, trials, manifest, store, extra, missing, failed, labelled)
-    verdicts, families, chosen = _verdicts(summary, trials, manifest)
+    verdicts, families, chosen = _verdicts(summary, trials, study)
     _factors(doc, summary, trials, epochs, verdicts, out)
     present = [FAMILIES[m].title for m in FAMILIES if m in set(trials["model"])]
     doc.h(2, f"{' against '.join(present) or 'Model families'}: each family's setting chosen on validation")
@@ -174,9 +175,8 @@ def _header(doc: Doc, trials, manifest, store, extra, missing, failed, labelled:
     _semantics(doc, trials)
 
 
-def _verdicts(summary, trials, manifest) -> tuple[dict[str, str], object, dict]:
+def _verdicts(summary, trials, study) -> tuple[dict[str, str], object, dict]:
     """(factor -> its verdict in words, the families' contrast, model -> its chosen setting's runs)."""
-    study = study_of_run(manifest)
     declared = {f.name: f for f in study.factors} if study else {}
     chosen = tables.family_choices(trials)
     found, families = study_verdicts(summary, trials, {name: f.planned() for name, f in declared.items()}, chosen)
@@ -351,11 +351,12 @@ SELECTION = ("**How the answer is chosen and tested**: every best setting (each 
              "design finds 80% of the time.")
 
 
-def _planned(manifest: dict) -> dict[str, str] | None:
-    """trial_id -> "setting (repeat r)" of the run's plan, re-planned from run.json; None for a study beanlib does not know."""
+def _planned(study, manifest: dict) -> dict[str, str] | None:
+    """trial_id -> "setting (repeat r)" of the run's plan, re-planned from its study and run.json; None for a study
+    beanlib does not know."""
     from beanlib.studies import plan
 
-    if (study := study_of_run(manifest)) is None:
+    if study is None:
         return None
     specs = plan(study, repeats=manifest.get("repeats", 1), overrides=manifest.get("overrides"))
     return {s.trial_id: f"{s.setting} (repeat {s.repeat})" for s in specs}
