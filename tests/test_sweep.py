@@ -106,8 +106,9 @@ def test_a_full_disk_stops_the_sweep_in_one_line_and_an_error_of_the_environment
     last = next(s.trial_id for s in studies.plan(TINY) if s.setting == "head-only")
     monkeypatch.setattr(results, "write_atomically", filling)
     lines = []
+    # One trial at a time, longest first: both LeNets have their rows before head-only runs, however loaded the machine.
     opts = SweepOptions(study=tiny_study, data="synthetic", results=str(tmp_path), only=("kernel_size=3", "kernel_size=5", "head-only"),
-                        inject_fault=("kernel_size=5:lost-connection",))
+                        inject_fault=("kernel_size=5:lost-connection",), max_concurrent=1)
     with pytest.raises(BeanlibError) as caught:
         run_sweep(opts, out=lines.append)
     message = str(caught.value)
