@@ -130,6 +130,36 @@ def answer(summary: pd.DataFrame, out: Path) -> Path:
     return _save(fig, out / "answer.png", dpi=100)
 
 
+def search_scatter(points: pd.DataFrame, dimensions, best: int | None, out: Path) -> Path:
+    """A search's points: mean validation accuracy against each searched parameter's value (log axis for a log
+    range), the point chosen on validation in green."""
+    fig, axes = plt.subplots(1, len(dimensions), figsize=(3.6 * len(dimensions), 3.2), squeeze=False, sharey=True)
+    for ax, d in zip(axes[0], dimensions):
+        values = points[d.field].astype(str) if d.kind == "choice" else points[d.field]
+        ax.scatter(values, points["val_accuracy"], c=["tab:green" if p == best else "tab:blue" for p in points["point"]], s=24)
+        if d.kind == "loguniform":
+            ax.set_xscale("log")
+        ax.set_xlabel(d.field)
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel("mean validation accuracy (%)")
+    return _save(fig, out / "search_parameters.png")
+
+
+def best_so_far(curve: pd.DataFrame, out: Path) -> Path:
+    """A search's (or a grid's) best mean validation accuracy so far, and that setting's test mean, against the
+    trials finished and the compute they spent."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), sharey=True)
+    for ax, x, label in ((axes[0], curve["trial"], "trials finished"),
+                         (axes[1], curve["compute_seconds"] / 3600, "compute spent (hours of training)")):
+        ax.step(x, curve["best_val"], where="post", color="tab:orange", label="best so far: validation")
+        ax.step(x, curve["best_test"], where="post", color="tab:blue", ls="--", label="its test accuracy")
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("accuracy (%)")
+    axes[0].legend(fontsize=7, loc="lower right")
+    return _save(fig, out / "best_so_far.png")
+
+
 def _save(fig, path: Path, dpi: int = 90) -> Path:
     """Lay out, write and close a figure; returns its path."""
     fig.tight_layout()

@@ -41,6 +41,16 @@ def check_options(opts: "SweepOptions", specs: list[TrialSpec]) -> None:
                            "(e.g. --study lenet-full or --study inception), or use --scheduler fifo")
 
 
+def check_search(opts: "SweepOptions", study: "Study") -> None:
+    """Refuse options a search cannot take: --only (its settings are sampled), and an override of a searched field."""
+    if opts.only:
+        raise BeanlibError(f"--only {' '.join(opts.only)}: study {study.name} is a search, whose points are sampled as it "
+                           "goes: run it whole")
+    if clash := sorted(set(opts.overrides()) & {d.field for d in study.search.space}):
+        raise BeanlibError(f"--{clash[0].replace('_', '-')} sets {clash[0]}, which study {study.name} searches: leave it "
+                           "out, or fix it in the study file's base instead of its space")
+
+
 def flag_stale(opts: "SweepOptions", store: "RunStore", specs: list[TrialSpec], done: dict[str, str],
                 out: Callable[[str], None]) -> dict[str, str]:
     """Say which planned, finished trials older code computed differently (beanlib.semantics); with

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from beanlib import tables
+from beanlib import searchreport, tables
 from beanlib.errors import BeanlibError
 from beanlib.families import FAMILIES
 from beanlib.page import Doc
@@ -128,10 +128,14 @@ def _compose(trials, epochs, manifest, store, out: Path, data: str | None = None
     trials, labelled = _with_labels(trials, manifest, data)
     summary = tables.summarize(trials)
     missing = [label for trial_id, label in (planned or {}).items() if trial_id not in set(trials["trial_id"])]
+    if study is not None and study.search and (left := study.search.trials - int(trials["point"].notna().sum())) > 0:
+        missing = [f"{left} trial(s) of the search's budget of {study.search.trials}"]
     failed = trials[~trials["status"].isin(("ok", "pruned"))]
     _header(doc, trials, manifest, store, extra, missing, failed, labelled)
     verdicts, families, chosen = _verdicts(summary, trials, study)
     _factors(doc, summary, trials, epochs, verdicts, out)
+    if study is not None and study.search:
+        _search(doc, trials, summary, study, manifest, out)
     present = [FAMILIES[m].title for m in FAMILIES if m in set(trials["model"])]
     doc.h(2, f"{' against '.join(present) or 'Model families'}: each family's setting chosen on validation")
     if chosen:
@@ -178,8 +182,11 @@ def _header(doc: Doc, trials, manifest, store, extra, missing, failed, labelled:
 def _verdicts(summary, trials, study) -> tuple[dict[str, str], object, dict]:
     """(factor -> its verdict in words, the families' contrast, model -> its chosen setting's runs)."""
     declared = {f.name: f for f in study.factors} if study else {}
+    planned = {name: f.planned() for name, f in declared.items()}
+    if study is not None and study.search:  # its questions are named on validation (beanlib.searchreport.questions)
+        planned |= {f: searchreport.questions(rows) for f, rows in summary.groupby("factor")}
     chosen = tables.family_choices(trials)
-    found, families = study_verdicts(summary, trials, {name: f.planned() for name, f in declared.items()}, chosen)
+    found, families = study_verdicts(summary, trials, planned, chosen)
     runs = by_factor(trials)
     verdicts = {}
     for factor, verdict in found.items():
@@ -210,8 +217,50 @@ def _factors(doc: Doc, summary, trials, epochs, verdicts: dict[str, str], out: P
         doc.h(3, factor)
         doc.table(tables.factor_table(rows))
         doc.p(verdicts[factor])
-        doc.figure(figures.learning_curves(epochs, by_factor(trials), factor, list(rows["setting"]), out / "figures"),
-                   f"Learning curves per setting of {factor}: train (solid) and validation (dashed)")
+        shown = list(rows.sort_values("val_accuracy", ascending=False)["setting"])[:CURVES]
+        doc.figure(figures.learning_curves(epochs, by_factor(trials), factor, [s for s in rows["setting"] if s in shown],
+                                           out / "figures"),
+                   f"Learning curves per setting of {factor}: train (solid) and validation (dashed)"
+                   + (f"; the {CURVES} settings best on validation of {len(rows)}" if len(rows) > CURVES else ""))
+
+
+CURVES = 12  # a factor's learning curves: at most this many settings (a search's best on validation), one row each
+
+
+def _search(doc: Doc, trials, summary, study, manifest: dict, out: Path) -> None:
+    """A search: its points, each parameter against validation accuracy, parameter importance, how fast it got there."""
+    from beanlib import figures
+
+    search, repeats = study.search, manifest.get("repeats", 1)
+    points = searchreport.points_table(trials, study)
+    ranked = points[points["n"] == repeats]
+    chosen = summary.loc[summary["chosen"] & summary["setting"].isin(trials["setting"][trials["point"].notna()]), "setting"]
+    best = next((int(p) for p in trials.loc[trials["setting"].isin(chosen), "point"]), None)
+    sampler = {"tpe": "Optuna's TPE sampler", "random": "Optuna's random sampler"}[search.algorithm]
+    doc.h(2, "The search")
+    doc.p(f"{sampler} through Ray Tune's OptunaSearch, seed {search.seed}: {search.points(repeats)} points x {repeats} "
+          f"seed(s), a budget of {search.trials} trials, {len(ranked)} points complete. The searcher was told each point's "
+          "mean validation accuracy over its seeds. **A searched best is optimistic on validation**: it is the highest of "
+          f"{len(ranked)} noisy means and was chosen on them, so its validation number flatters it; only its test number, "
+          "read once after the choice, is unbiased. The verdict above tests the best point against the runner-up and "
+          "against the worst, both named on validation.")
+    table = points.assign(val_accuracy=points["val_accuracy"].map(tables.pct), test_accuracy=points["test_accuracy"].map(tables.pct),
+                          **{d.field: points[d.field].map(lambda v: f"{v:.3g}") for d in search.space if d.kind in ("uniform", "loguniform")})
+    doc.table(table.rename(columns={"val_accuracy": "val acc %", "test_accuracy": "test acc %"}))
+    doc.figure(figures.search_scatter(points, search.space, best, out / "figures"),
+               "Each point's mean validation accuracy against each searched parameter; the point chosen on validation in green")
+    if (weights := searchreport.importance(points, study)) is not None:
+        doc.table(weights.assign(**{c: weights[c].map(lambda v: f"{v:.2f}") for c in ("importance", "lowest", "highest")}))
+        doc.p(f"Parameter importance: Optuna's fANOVA over the {len(points)} points' mean validation accuracy, the mean and "
+              f"range over {searchreport.IMPORTANCE_SEEDS} random forests. A description of these points, not a test: with "
+              "few points it moves with the forest's seed, as the range shows.")
+    curve = searchreport.best_so_far(trials)
+    doc.figure(figures.best_so_far(curve, out / "figures"), "The best point so far by mean validation accuracy, and its "
+               "test accuracy, against the trials finished and the training compute spent")
+    if (reached := searchreport.within(curve)) is not None:
+        doc.p(f"The search came within 1 point of its final best validation accuracy ({curve['best_val'].iloc[-1]:.1f}%) "
+              f"after {int(reached['trial'])} of {len(curve)} trials and {reached['compute_seconds'] / 3600:.2f} of "
+              f"{curve['compute_seconds'].iloc[-1] / 3600:.2f} hours of training.")
 
 
 def _families(doc: Doc, chosen: dict, families, epochs, out: Path) -> None:
@@ -356,7 +405,7 @@ def _planned(study, manifest: dict) -> dict[str, str] | None:
     beanlib does not know."""
     from beanlib.studies import plan
 
-    if study is None:
+    if study is None or study.search:  # a search's trials are sampled: its budget says what is missing
         return None
     specs = plan(study, repeats=manifest.get("repeats", 1), overrides=manifest.get("overrides"))
     return {s.trial_id: f"{s.setting} (repeat {s.repeat})" for s in specs}

@@ -69,6 +69,7 @@ TRIAL_SCHEMA = pa.schema(
         ("factor", pa.string()),  # comma-separated when a setting (the baseline) counts for several factors
         ("setting", pa.string()),
         ("repeat", pa.int64()),
+        ("point", pa.int64()),  # a search's point (RUN/search.json's order); null in a grid's rows
         *_CONFIG_COLUMNS,
         ("weights_sha256", pa.string()),  # content hash of a weights file; null for imagenet, none and LeNet
         ("data", pa.string()),
@@ -189,11 +190,15 @@ class RunStore:
                     "weights_sha256": {**existing.get("weights_sha256", {}), **(weights_sha256 or {})}}
         manifest = {k: v for k, v in manifest.items() if v or k not in ("data_fingerprints", "weights_sha256")}
         if manifest != existing:
-            self._write_json("run.json", manifest)
+            self.write_json("run.json", manifest)
 
     def manifest(self) -> dict[str, Any] | None:
         """run.json as a dict, or None when the run has none yet."""
-        path = f"{self.path}/run.json"
+        return self.read_json("run.json")
+
+    def read_json(self, name: str) -> dict[str, Any] | None:
+        """RUN/name (JSON) as a dict, or None when there is none."""
+        path = f"{self.path}/{name}"
         if self.fs.get_file_info(path).type != pafs.FileType.File:
             return None
         with self.fs.open_input_stream(path) as f:
@@ -225,7 +230,7 @@ class RunStore:
                 sha = known.pop()
                 manifest["overrides"]["weights"] = f"sha256:{sha}"
                 manifest["weights_sha256"] = {**manifest.get("weights_sha256", {}), weights: sha}
-                self._write_json("run.json", manifest)
+                self.write_json("run.json", manifest)
                 done.append(f"run.json: weights {weights} named by content, sha256:{sha[:12]}")
         keyed: set[str] = set()
         for path, row in sorted(rows, key=lambda item: (item[1].get("end_time") is None, str(item[1].get("end_time")))):
@@ -354,7 +359,8 @@ class RunStore:
         pq.write_table(table, sink)
         self._write_bytes(path, sink.getvalue().to_pybytes())
 
-    def _write_json(self, name: str, value: dict) -> None:
+    def write_json(self, name: str, value: dict) -> None:
+        """Write RUN/name as JSON, atomically."""
         self._write_bytes(f"{self.path}/{name}", json.dumps(value, indent=1, sort_keys=True).encode())
 
     def _files(self, kind: str) -> list[str]:
@@ -429,6 +435,7 @@ def trial_row(
     start_time=None,
     end_time=None,
     provenance: dict[str, str] | None = None,
+    point: int | None = None,
 ) -> dict[str, Any]:
     """One trials row: the spec's place in the study, its full config, the result's metrics, and provenance.
 
@@ -448,6 +455,7 @@ def trial_row(
         "factor": spec.factor,
         "setting": spec.setting,
         "repeat": spec.repeat,
+        "point": point,
         **config,
         "weights_sha256": weights_sha256(spec.config.weights),
         "data": data,

@@ -45,8 +45,46 @@ def against(reference: str, labels) -> tuple[tuple[str, str], ...]:
 
 
 @dataclass(frozen=True)
+class Dimension:
+    """One searched config field: how it is sampled (uniform, loguniform, int, choice) and its bounds or values
+    (int bounds are inclusive)."""
+
+    field: str
+    kind: str
+    values: tuple
+
+
+@dataclass(frozen=True)
+class Search:
+    """A study's search design: Ray Tune's searcher by name, its budget in trials (points x repeats, across every
+    sitting), the space, the sampler's seed, and (TPE) how many points it samples at random before it models."""
+
+    algorithm: str
+    trials: int
+    space: tuple[Dimension, ...]
+    seed: int = 0
+    startup: int | None = None
+
+    def points(self, repeats: int) -> int:
+        """How many points the budget buys at `repeats` seeds each."""
+        return self.trials // repeats
+
+    def distributions(self) -> dict[str, Any]:
+        """The space as Optuna's distributions (what OptunaSearch samples, and fANOVA reads)."""
+        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+        kinds = {"uniform": FloatDistribution, "loguniform": lambda lo, hi: FloatDistribution(lo, hi, log=True),
+                 "int": IntDistribution, "choice": lambda *values: CategoricalDistribution(values)}
+        return {d.field: kinds[d.kind](*d.values) for d in self.space}
+
+
+SEARCH_FACTOR = "search"  # the factor column of a search's rows; each point is a setting named "point K"
+
+
+@dataclass(frozen=True)
 class Study:
-    """A study: what it is for, the config every trial starts from, its factors, and its data subsample."""
+    """A study: what it is for, the config every trial starts from, its factors (or its search), and its data
+    subsample."""
 
     name: str
     description: str
@@ -55,6 +93,7 @@ class Study:
     per_class: int | None = None  # images per class per split; None: all
     repeats: int = 1  # seeds per setting when the sweep is not told (--repeats)
     declared: dict[str, Any] | None = None  # the study file's values as read (a user's study is recorded in run.json)
+    search: Search | None = None  # a search samples its settings; `factors` is then empty
 
 
 @dataclass(frozen=True)
@@ -118,6 +157,24 @@ def plan(
             seeded = TrialConfig.from_dict({**config.to_dict(), "seed": config.seed + repeat})
             specs.append(TrialSpec(trial_id(seeded, study.per_class), study.name, tuple(factors), label, repeat, seeded, study.per_class))
     return specs
+
+
+def search_spec(study: Study, values: dict[str, Any], repeat: int, *, overrides: dict[str, Any] | None = None,
+                per_class: int | None = None, point: int | None = None) -> TrialSpec:
+    """One seed of a searched point: the base config with the sampled `values`, seeded as a grid's repeat is (so a
+    point the grid also ran has the grid's trial ids). Its setting is "point K" once the sweep has numbered it."""
+    config = TrialConfig.from_dict(applicable({**study.base, **values, **(overrides or {})}))
+    seeded = TrialConfig.from_dict({**config.to_dict(), "seed": config.seed + repeat})
+    label = f"point {point}" if point is not None else SEARCH_FACTOR
+    return TrialSpec(trial_id(seeded, per_class), study.name, (SEARCH_FACTOR,), label, repeat, seeded, per_class)
+
+
+def search_probes(study: Study, overrides: dict[str, Any] | None = None, per_class: int | None = None) -> list[TrialSpec]:
+    """Trials at the corners of a search's space (every dimension at its low end, then at its high end, and each
+    choice): what the sweep checks options, weights, data and space against before the searcher samples."""
+    ends = [{d.field: d.values[i] for d in study.search.space} for i in (0, -1)]
+    ends += [{**ends[0], d.field: v} for d in study.search.space if d.kind == "choice" for v in d.values]
+    return [search_spec(study, values, 0, overrides=overrides, per_class=per_class) for values in ends]
 
 
 def find_study(name: str) -> Study:

@@ -21,8 +21,20 @@ neither, every pair is compared. A factor of one setting says `contrasts: []` (i
         kernel_size: {k3: {kernel_size: 3}, k5: {kernel_size: 5}}
         regularizer: {none: {regularizer: none}, l2: {regularizer: l2}}
 
-Each level of a factorial factor sets one config field (the analysis crosses those fields). A bad file is one
-`error:` line naming the file, the line, the key and what is wrong, before anything runs.
+Each level of a factorial factor sets one config field (the analysis crosses those fields). Instead of either, a
+search samples config fields with one of Ray Tune's searchers, `repeats` seeds per sampled point:
+
+    search:
+      algorithm: tpe                    # tpe (Optuna's TPE) or random (Optuna's random sampler), through OptunaSearch
+      trials: 36                        # the budget: trials across every sitting, points x repeats
+      seed: 0                           # optional (default 0): the sampler's seed
+      startup: 4                        # optional (TPE): random points before it models (default: a third, 2 to 10)
+      space:
+        learning_rate: {loguniform: [1.0e-4, 3.0e-3]}   # also uniform: [low, high], int: [low, high], choice: [...]
+        reg_strength: {loguniform: [1.0e-5, 1.0e-1]}
+
+The searcher maximises the validation accuracy of the weights each row reports, averaged over a point's seeds. A bad
+file is one `error:` line naming the file, the line, the key and what is wrong, before anything runs.
 """
 
 from __future__ import annotations
@@ -36,11 +48,15 @@ import yaml
 
 from beanlib.config import ALL_FIELDS, TrialConfig
 from beanlib.errors import BeanlibError
-from beanlib.studies import Factor, Study, against, applicable
+from beanlib.studies import Dimension, Factor, Search, Study, against, applicable
 
 BUILTIN = Path(__file__).parent / "study_files"  # the built-in studies, one file each, read by this same loader
 TOP_KEYS = {"name": True, "description": True, "base": True, "repeats": False, "per_class": False, "factors": False,
-            "factorial": False}  # key -> required
+            "factorial": False, "search": False}  # key -> required
+SEARCH_KEYS = ("algorithm", "trials", "seed", "startup", "space", "metric")
+ALGORITHMS = ("tpe", "random")  # Optuna's samplers through Ray Tune's OptunaSearch (beanlib.sweep.search)
+KINDS = ("uniform", "loguniform", "int", "choice")
+UNSEARCHABLE = ("model", "image_size", "seed", "weights")  # one per search: they change the data, the family or the seeds
 FACTOR_KEYS = ("settings", "baseline", "contrasts")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a study name is a folder name
 
@@ -106,8 +122,8 @@ def parse_study(text: str, source: str) -> Study:
     for key, required in TOP_KEYS.items():
         if required and key not in top:
             f.fail((), f"the key {key!r} is missing")
-    if ("factors" in top) == ("factorial" in top):
-        f.fail((), "give either 'factors' (settings per factor) or 'factorial' (levels crossed), one of them")
+    if sum(key in top for key in ("factors", "factorial", "search")) != 1:
+        f.fail((), "give one of 'factors' (settings per factor), 'factorial' (levels crossed) or 'search' (a space sampled)")
     name, description = top["name"], top["description"]
     if not isinstance(name, str) or not NAME.match(name):
         f.fail(("name",), f"must be a folder name (letters, digits, '_', '.', '-'), got {name!r}")
@@ -121,6 +137,9 @@ def parse_study(text: str, source: str) -> Study:
         f.fail(("repeats",), f"must be a positive integer, got {repeats!r}")
     if per_class is not None and (not isinstance(per_class, int) or isinstance(per_class, bool) or per_class < 1):
         f.fail(("per_class",), f"must be a positive integer or null, got {per_class!r}")
+    if "search" in top:
+        return Study(name, description, base, (), per_class=per_class, repeats=repeats, declared=top,
+                     search=_search(f, top["search"], base, repeats))
     if "factors" in top:
         factors = tuple(_factor(f, name_, spec, base) for name_, spec in f.mapping(("factors",), top["factors"], "factor names").items())
     else:
@@ -128,6 +147,72 @@ def parse_study(text: str, source: str) -> Study:
     if not factors:
         f.fail(("factors",), "declares no factor: give at least one")
     return Study(name, description, base, factors, per_class=per_class, repeats=repeats, declared=top)
+
+
+def _search(f: _File, spec: Any, base: dict, repeats: int) -> Search:
+    path = ("search",)
+    spec = f.mapping(path, spec, "algorithm, trials, space")
+    for key in spec:
+        if key not in SEARCH_KEYS:
+            f.fail(path + (key,), f"unknown key: a search takes {', '.join(SEARCH_KEYS)}")
+    for key in ("algorithm", "trials", "space"):
+        if key not in spec:
+            f.fail(path, f"the key {key!r} is missing")
+    if spec["algorithm"] not in ALGORITHMS:
+        f.fail(path + ("algorithm",), f"unknown algorithm {spec['algorithm']!r}: use one of {', '.join(ALGORITHMS)}")
+    if spec.get("metric", "val_accuracy") != "val_accuracy":
+        f.fail(path + ("metric",), "a search maximises val_accuracy (of the weights each row reports), the metric "
+                                   "every choice in beanlib is made on: leave it out or say val_accuracy")
+    trials, seed, startup = spec["trials"], spec.get("seed", 0), spec.get("startup")
+    if not _count(trials) or trials % repeats or trials < 2 * repeats:
+        f.fail(path + ("trials",), f"must be a multiple of repeats ({repeats}), at least 2 points' worth, got {trials!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        f.fail(path + ("seed",), f"must be an integer, got {seed!r}")
+    if startup is not None and (not _count(startup) or spec["algorithm"] != "tpe"):
+        f.fail(path + ("startup",), f"is TPE's count of random points before it models, a positive integer, got {startup!r}")
+    space = f.mapping(path + ("space",), spec["space"], "config fields and their ranges")
+    if not space:
+        f.fail(path + ("space",), "is empty: name at least one config field to search")
+    dimensions = tuple(_dimension(f, path + ("space", field), field, value) for field, value in space.items())
+    for i in (0, -1):  # each end of the space must make a trial this family can run
+        _check_config(f, path + ("space",), base, {d.field: d.values[i] for d in dimensions})
+    for d in dimensions:
+        for value in d.values if d.kind == "choice" else ():
+            _check_config(f, path + ("space", d.field), base, {e.field: e.values[0] for e in dimensions} | {d.field: value})
+    return Search(spec["algorithm"], trials, dimensions, seed, startup)
+
+
+def _dimension(f: _File, path: tuple, field: str, value: Any) -> Dimension:
+    """One searched field: {kind: [low, high]} or {choice: [values]}, checked."""
+    if field not in ALL_FIELDS:
+        f.fail(path, f"unknown config field: known fields are {', '.join(ALL_FIELDS)}")
+    if field in UNSEARCHABLE:
+        f.fail(path, f"{field} cannot be searched (it changes the family, the data or the seeds): run one search per value")
+    value = f.mapping(path, value, f"one of {', '.join(KINDS)} and its bounds")
+    if len(value) != 1 or next(iter(value)) not in KINDS:
+        f.fail(path, f"give one of {', '.join(KINDS)}, e.g. {{loguniform: [1.0e-4, 1.0e-2]}}, got {value!r}")
+    kind, bounds = next(iter(value.items()))
+    if not isinstance(bounds, list) or any(isinstance(b, bool) for b in bounds):
+        f.fail(path + (kind,), f"must be a list, got {bounds!r}")
+    if kind == "choice":
+        if len(bounds) < 2 or len(set(map(repr, bounds))) < len(bounds):
+            f.fail(path + (kind,), f"needs at least 2 different values, got {bounds!r}")
+        if not all(isinstance(b, (int, float, str)) for b in bounds):
+            f.fail(path + (kind,), f"takes numbers or names, got {bounds!r}: a list-valued field cannot be a choice")
+        return Dimension(field, kind, tuple(bounds))
+    numeric = int if kind == "int" else (int, float)
+    if len(bounds) != 2 or not all(isinstance(b, numeric) for b in bounds):
+        f.fail(path + (kind,), f"must be [low, high]{' (integers)' if kind == 'int' else ''}, got {bounds!r}")
+    low, high = bounds
+    if low >= high:
+        f.fail(path + (kind,), f"low {low!r} is not below high {high!r}")
+    if kind == "loguniform" and low <= 0:
+        f.fail(path + (kind,), f"a log range must lie above zero, got low {low!r}: use uniform, or a low above 0")
+    return Dimension(field, kind, (float(low), float(high)) if kind != "int" else (low, high))
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def _factor(f: _File, name: str, spec: Any, base: dict) -> Factor:
