@@ -109,7 +109,7 @@ def kept_result(store: RunStore, trial_id: str) -> dict[str, Any] | None:
     row = next((r for r in table.to_pylist() if r["trial_id"] == trial_id and r["status"] in FINISHED), None)
     if row is None:
         return None
-    objective = {METRIC: row["val_accuracy"]} if row["status"] in RAN_IN_FULL else {}
+    objective = {METRIC: row["val_accuracy"] if row["status"] in RAN_IN_FULL else math.nan}
     return {"finished": 1, "kept": 1, "status": row["status"], "test_accuracy": row["test_accuracy"],
             "epoch": row["epochs_run"] or 0, "val_accuracy": row["val_accuracy"] or 0.0, **objective}
 

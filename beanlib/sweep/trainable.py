@@ -105,7 +105,8 @@ def trainable(config: dict, data: dict, features: dict, context: dict) -> None:
     if model_file and os.path.exists(model_file):
         os.remove(model_file)
     last = result.history[-1] if result and result.history else {"epoch": 0, "val_accuracy": 0.0}  # for a scheduler
-    objective = {"objective": row["val_accuracy"]} if status in RAN_IN_FULL else {}  # what a searcher maximises
+    # What a searcher maximises: the row's validation accuracy; nan (left out of a point's mean) for a failed trial.
+    objective = {"objective": row["val_accuracy"] if status in RAN_IN_FULL else float("nan")}
     tune.report({"finished": 1, "status": status, "test_accuracy": row.get("test_accuracy"), **objective,
                  "epoch": last["epoch"], "val_accuracy": last["val_accuracy"],
                  "beanlib_row": json.dumps(row, default=str), "beanlib_epochs": json.dumps(result.history if result else [])})
@@ -115,8 +116,8 @@ def _report_epoch(record: dict, planned_epochs: int, saved: tune.Checkpoint | No
     """Every epoch but the last goes to Tune as it ends, with the trial's checkpoint when one was taken (Tune
     stores it in the run's storage, keeps the latest, and hands it to the trial's restart). The last epoch arrives
     only with the final result, so a scheduler that stops the trial there finds it complete, not to be pruned."""
-    if record["epoch"] < planned_epochs:
-        tune.report({**record, "finished": 0}, checkpoint=saved)
+    if record["epoch"] < planned_epochs:  # a searcher's metric in every result, as Tune requires: this epoch's
+        tune.report({**record, "finished": 0, "objective": record["val_accuracy"]}, checkpoint=saved)
 
 
 def _resume_state(earlier: str | None) -> checkpoint.TrialState | None:
