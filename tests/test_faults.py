@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from beanlib.errors import BeanlibError
-from beanlib.results import RunStore, trial_row
+from beanlib.results import RunStore
+from beanlib.rows import trial_row
 from beanlib.studies import plan
 from beanlib.train import TrialResult
 

@@ -11,7 +11,8 @@ from scipy import stats
 
 from beanlib.errors import BeanlibError
 from beanlib.report import build_report
-from beanlib.results import RunStore, trial_row
+from beanlib.results import RunStore
+from beanlib.rows import trial_row
 from beanlib.stats import holm
 from beanlib.studies import plan
 from beanlib.train import TrialResult

@@ -8,7 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from beanlib.errors import BeanlibError
-from beanlib.results import EPOCH_SCHEMA, TRIAL_SCHEMA, RunStore, provenance, trial_row
+from beanlib.results import EPOCH_SCHEMA, TRIAL_SCHEMA, RunStore
+from beanlib.rows import provenance, trial_row
 from beanlib.studies import plan, study_of_run
 from beanlib.train import TrialResult
 

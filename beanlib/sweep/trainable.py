@@ -16,7 +16,8 @@ from beanlib import backend, checkpoint, scratch
 from beanlib.console import hide_native_logs
 from beanlib.errors import BeanlibError, failure_status, first_line
 from beanlib.families import family
-from beanlib.results import FINISHED, RAN_IN_FULL, RunStore, trial_row
+from beanlib.results import FINISHED, RAN_IN_FULL, RunStore
+from beanlib.rows import trial_row
 from beanlib.studies import TrialSpec
 
 

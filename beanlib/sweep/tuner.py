@@ -16,7 +16,8 @@ from beanlib import backend, checkpoint
 from beanlib.console import hide_native_logs, without_tunes_restore_hint
 from beanlib.families import FAMILIES, family
 from beanlib.options import Progress, SweepOptions
-from beanlib.results import RunStore, provenance
+from beanlib.results import RunStore
+from beanlib.rows import provenance
 from beanlib.studies import TrialSpec, hparams, trial_name
 from beanlib.sweep.trainable import trainable
 from beanlib.sweep.writer import WriteResults

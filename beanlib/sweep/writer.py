@@ -12,7 +12,8 @@ from ray import tune
 from beanlib import backend, checkpoint
 from beanlib.errors import failure_status, no_space
 from beanlib.options import Progress
-from beanlib.results import FINISHED, RunStore, trial_row
+from beanlib.results import FINISHED, RunStore
+from beanlib.rows import trial_row
 from beanlib.studies import TrialSpec
 from beanlib.sweep.trainable import spec_of
 
