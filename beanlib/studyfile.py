@@ -40,6 +40,7 @@ file is one `error:` line naming the file, the line, the key and what is wrong, 
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -174,6 +175,11 @@ def _search(f: _File, spec: Any, base: dict, repeats: int) -> Search:
     if not space:
         f.fail(path + ("space",), "is empty: name at least one config field to search")
     dimensions = tuple(_dimension(f, path + ("space", field), field, value) for field, value in space.items())
+    if all(d.kind in ("choice", "int") for d in dimensions):  # the budget's points cannot all differ
+        size = math.prod(len(d.values) if d.kind == "choice" else d.values[1] - d.values[0] + 1 for d in dimensions)
+        if size < trials // repeats:
+            f.fail(path + ("space",), f"holds {size} distinct points, and the budget buys {trials // repeats}: a grid "
+                                      "(factors or factorial) runs each once")
     for i in (0, -1):  # each end of the space must make a trial this family can run
         _check_config(f, path + ("space",), base, {d.field: d.values[i] for d in dimensions})
     for d in dimensions:

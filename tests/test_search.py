@@ -63,6 +63,7 @@ def test_a_bad_range_is_one_line_naming_the_file_line_and_key(change, line, mess
     ("kernel_size: {choice: [3, 5]}", "image_size: {choice: [32, 64]}", "image_size cannot be searched"),
     ("kernel_size: {choice: [3, 5]}", "kernel_size: {choice: [3, 0]}", "kernel_size must be a positive integer, got 0"),
     ("  startup: 2\n", "  metric: test_accuracy\n", "a search maximises val_accuracy"),
+    ("    learning_rate: {loguniform: [1.0e-4, 3.0e-2]}\n", "", "holds 2 distinct points, and the budget buys 3"),
 ])
 def test_a_bad_search_declaration_is_one_line(old, new, message):
     with pytest.raises(BeanlibError, match=message.replace("(", r"\(").replace(")", r"\)")) as caught:
