@@ -45,6 +45,7 @@ class SweepOptions:
     only: tuple[str, ...] = ()  # run only these settings now; the run's plan stays whole (the rest run later)
     early_stop: int | None = None  # patience in epochs (0 or None: off, the studies' fixed epochs)
     scheduler: str = "fifo"  # a key of SCHEDULERS
+    precision: str | None = None  # every trial's dtype policy (config.PRECISIONS), or "auto" (beanlib.precision)
     backend: str | None = None  # Keras backend of every trial (beanlib.backend); None: $KERAS_BACKEND, else tensorflow
     dry_run: bool = False
     verbose: bool = False  # Ray Tune's status tables and the workers' output on the console
@@ -58,7 +59,7 @@ class SweepOptions:
         # A weights file is named by its absolute path: Tune runs trials in other working directories.
         weights = os.path.abspath(self.weights) if self.weights and os.path.isfile(self.weights) else self.weights
         values = {"image_size": self.image_size, "epochs": self.epochs, "fine_tune_epochs": self.fine_tune_epochs, "weights": weights,
-                  "early_stop": self.early_stop or None}
+                  "early_stop": self.early_stop or None, "precision": self.precision}
         return {k: v for k, v in values.items() if v is not None}
 
 

@@ -4,7 +4,7 @@
         [--epochs N] [--fine-tune-epochs N] [--repeats N] [--weights imagenet|none|PATH]
         [--results DIR] [--name RUN] [--address ADDR] [--cpus-per-trial N]
         [--gpus-per-trial F] [--max-concurrent N] [--retries N] [--per-class N] [--early-stop PATIENCE]
-        [--scheduler fifo|asha] [--backend tensorflow|jax|torch] [--checkpoint-seconds S]
+        [--scheduler fifo|asha] [--precision float32|mixed_bfloat16|mixed_float16|auto] [--backend tensorflow|jax|torch] [--checkpoint-seconds S]
         [--keep-models best|all|none] [--fresh-workers] [--only SETTING ...] [--retrain-stale] [--force] [--dry-run] [--verbose]
 """
 
@@ -38,6 +38,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--early-stop", type=int, metavar="PATIENCE",
                    help="stop a trial's phase after PATIENCE epochs without a better validation loss, keeping its best "
                         "weights (default: off, the study's fixed epochs)")
+    p.add_argument("--precision", choices=["float32", "mixed_bfloat16", "mixed_float16", "auto"],
+                   help="every trial's precision (default: the study's, float32); auto: mixed_bfloat16 where the "
+                        "trials' CPU (avx512_bf16, amx_bf16) or GPU (compute capability 8.0+) computes bf16 natively")
     p.add_argument("--scheduler", choices=["fifo", "asha"], default="fifo",
                    help="asha: Ray Tune's ASHA stops trials whose validation accuracy trails at epochs 2, 6, 18, ... "
                         "(recorded as pruned); fifo (default): every trial runs in full")

@@ -42,6 +42,8 @@ def run_sweep(opts: SweepOptions, out: Callable[[str], None] = print, progress: 
     """
     study = find_study(opts.study)  # a built-in name, or a study file
     opts = dataclasses.replace(opts, study=study.name, repeats=opts.repeats or study.repeats)
+    if opts.precision is not None:
+        opts = _precision(opts, study, out)
     chosen = backend.choose(opts.backend)  # before Keras loads here; workers get it in $KERAS_BACKEND
     per_class = opts.per_class or study.per_class
     if study.search:  # its trials are sampled as it goes: its options, weights and data are checked at its corners
@@ -220,6 +222,32 @@ def _sum_up(opts: SweepOptions, store: RunStore, summary: SweepSummary, complete
     out(f"{opts.study}: done in {summary.wall_seconds:.0f}s; trials by status: {counts}; results in {store.uri}")
     out(f"report: python -m jobs.report --results {store.uri}")
     return summary
+
+
+def _precision(opts: SweepOptions, study: Study, out: Callable[[str], None]) -> SweepOptions:
+    """Resolve --precision auto on the trials' hardware (a cluster's: probed by a task on it), warn where bf16 would
+    be emulated, and drop an override that changes nothing (the run and its ids stay those of a run without it)."""
+    from beanlib.config import PRECISIONS
+    from beanlib import precision
+
+    if opts.precision not in (*PRECISIONS, precision.AUTO):
+        raise BeanlibError(f"unknown --precision {opts.precision!r}: use one of {', '.join(PRECISIONS)}, {precision.AUTO}")
+    if opts.address or os.environ.get("RAY_ADDRESS"):
+        _connect(opts)
+        on_gpu = opts.gpus_per_trial != 0 and ray.cluster_resources().get("GPU", 0) > 0
+        task = ray.remote(precision.probe).options(num_cpus=0 if on_gpu else 1, num_gpus=0.01 if on_gpu else 0)
+        device = ray.get(task.remote("a node of the cluster"))
+    else:
+        device = precision.probe()
+        on_gpu = opts.gpus_per_trial != 0 and bool(device.gpu_capabilities)
+    chosen = opts.precision
+    if chosen == precision.AUTO:
+        chosen, why = precision.choose(device, on_gpu)
+        out(f"precision auto: {chosen} ({why})")
+    elif line := precision.emulated(chosen, device, on_gpu):
+        out(line)
+    unchanged = chosen == study.base.get("precision", "float32")
+    return dataclasses.replace(opts, precision=None if unchanged else chosen)
 
 
 def _connect(opts: SweepOptions) -> None:
