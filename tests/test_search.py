@@ -114,14 +114,14 @@ def test_a_tpe_search_stopped_part_way_finishes_its_budget_without_training_a_tr
         third = run_sweep(opts, out=lines.append)
         # ASHA prunes a searched trial as it does a grid's; a pruned seed completes its point
         asha = tmp_path / "asha.yaml"
-        asha.write_text(SEARCH.replace("name: tpe-tiny", "name: asha").replace("epochs: 2", "epochs: 4"))
+        asha.write_text(SEARCH.replace("name: tpe-tiny", "name: asha").replace("epochs: 2", "epochs: 4").replace("trials: 6", "trials: 4"))
         pruning = SweepOptions(study=str(asha), data="synthetic", results=str(tmp_path / "r"), scheduler="asha")
         run_sweep(pruning, out=lambda line: None)
         again = run_sweep(pruning, out=lambda line: None)
     finally:
         ray.shutdown()
     pruned = pd.read_parquet(tmp_path / "r" / "asha" / "trials")
-    assert len(pruned) == 6 and set(pruned["status"]) <= {"ok", "pruned"} and again.ran == 0
+    assert len(pruned) == 4 and set(pruned["status"]) <= {"ok", "pruned"} and again.ran == 0
     assert set(pruned.loc[pruned["status"] == "pruned", "epochs_run"]) <= {2}
     trials = pd.read_parquet(run / "trials")
     trained = [line for line in lines if line.startswith("trial ")]
