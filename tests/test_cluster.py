@@ -2,6 +2,7 @@
 one line. (A sweep over two nodes: tests/test_jobs.py, through `ray job submit` to two local nodes.)"""
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -79,8 +80,8 @@ def token_cluster(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_token_cluster_refuses_a_driver_with_the_wrong_token_in_one_line(token_cluster, tmp_path):
-    address, _ = token_cluster
+def test_a_token_cluster_refuses_a_wrong_token_in_one_line_and_with_the_right_one_decides_precision_on_a_node(token_cluster, tmp_path):
+    address, token = token_cluster
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "TF_CPP_MIN_LOG_LEVEL", "BEANLIB_SET_TF_LOG_LEVEL")}
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="0" * 32)  # as a user's shell has them, with a wrong token
     done = subprocess.run([sys.executable, "-m", "jobs.sweep", "--study", "smoke", "--data", "synthetic", "--results",
@@ -90,3 +91,13 @@ def test_a_token_cluster_refuses_a_driver_with_the_wrong_token_in_one_line(token
     assert len(lines) == 1 and lines[0].startswith(f"error: the Ray cluster at {address} answers but did not let this "
                                                    "driver join"), lines
     assert "RAY_AUTH_TOKEN" in lines[0]
+    # With its token, --precision auto is decided on a node of the cluster (a one-off task there), not on the driver
+    study = tmp_path / "two.yaml"
+    study.write_text("name: two\ndescription: two LeNets\nbase: {model: lenet, image_size: 32}\nfactors:\n"
+                     "  kernel_size: {settings: {k3: {kernel_size: 3}, k5: {kernel_size: 5}}}\n")
+    env["RAY_AUTH_TOKEN"] = token
+    done = subprocess.run([sys.executable, "-m", "jobs.sweep", "--study", str(study), "--data", "synthetic", "--results",
+                           str(tmp_path), "--address", address, "--precision", "auto", "--dry-run"], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert re.match(r"precision auto: (float32|mixed_bfloat16) \(.* on a node of the cluster\)$", done.stdout.splitlines()[0])
