@@ -42,12 +42,8 @@ def trainable(config: dict, data: dict, features: dict, context: dict) -> None:
 
     spec = spec_of(config, context)
     store = RunStore(*context["results"].rsplit("/", 1))
-    if context["search"]:  # a re-suggested point's finished seed: its row is the searcher's answer, not a new run
-        from beanlib.sweep.search import kept_result
-
-        if (kept := kept_result(store, spec.trial_id)) is not None:
-            tune.report(kept)
-            return
+    if context["search"] and _reported_kept(store, spec.trial_id):
+        return
     worker = (os.getpid(), next(_TRIALS_IN_THIS_WORKER))
     required = tune.get_context().get_trial_resources().required_resources
     cpus, gpu_share = max(1, int(required.get("CPU", 1))), required.get("GPU", 0) or 1.0
@@ -62,30 +58,12 @@ def trainable(config: dict, data: dict, features: dict, context: dict) -> None:
     # copied into the run) goes now. The model file is a name only until the trial ends.
     scratch.remove_orphans()
     model_file = scratch.path("model", f"-{spec.trial_id}.keras") if context["keep_models"] else None
-    planned = spec.config.planned_epochs
-
-    crash_at = next((int(f.rsplit("@", 1)[1]) for f in context["inject_fault"] if f.startswith(f"{spec.setting}:crash@")), None)
-
-    def report(record: dict, saved: tune.Checkpoint | None = None) -> None:
-        _report_epoch(record, planned, saved)
-        if record["epoch"] == crash_at:
-            marker = os.path.join(tune.get_context().get_trial_dir(), "injected-crash")
-            if not os.path.exists(marker):  # once per trial: its restart (from a checkpoint or from zero) runs on
-                open(marker, "w").close()
-                os._exit(17)
-
-    def report_checkpoint(record: dict, directory: str) -> None:
-        report(record, tune.Checkpoint.from_directory(directory))
+    report, report_checkpoint = _reporters(spec, context["inject_fault"])
 
     result, status, error, attempts = None, "error", None, 0
     for attempts in range(1, context["retries"] + 2):
         try:
-            if f"{spec.setting}:crash" in context["inject_fault"]:
-                os._exit(17)
-            if spec.setting in context["inject_fault"]:
-                raise RuntimeError(f"injected fault in setting {spec.setting}")
-            if f"{spec.setting}:lost-connection" in context["inject_fault"]:
-                raise ConnectionResetError(f"injected: the connection of setting {spec.setting} was reset")
+            _injected(spec.setting, context["inject_fault"])
             result = run_trial(spec.config, trial_data, features=shared, cpus=cpus, use_gpu=bool(gpu_ids), gpu_share=gpu_share,
                                on_epoch=report, on_checkpoint=report_checkpoint,
                                checkpoint_seconds=context["checkpoint_seconds"], resume=resume, save_model=model_file)
@@ -111,6 +89,46 @@ def trainable(config: dict, data: dict, features: dict, context: dict) -> None:
     tune.report({"finished": 1, "status": status, "test_accuracy": row.get("test_accuracy"), **objective,
                  "epoch": last["epoch"], "val_accuracy": last["val_accuracy"],
                  "beanlib_row": json.dumps(row, default=str), "beanlib_epochs": json.dumps(result.history if result else [])})
+
+
+def _reported_kept(store: RunStore, trial_id: str) -> bool:
+    """Report a re-suggested point's finished seed from its row (the searcher's answer, not a new run); False when
+    the trial has no finished row."""
+    from beanlib.sweep.search import kept_result
+
+    if (kept := kept_result(store, trial_id)) is None:
+        return False
+    tune.report(kept)
+    return True
+
+
+def _reporters(spec: TrialSpec, faults: list[str]):
+    """(report an epoch, report an epoch with its checkpoint folder) to Tune; a test's injected crash at an epoch
+    (SETTING:crash@EPOCH) kills the worker once, after that epoch's report."""
+    crash_at = next((int(f.rsplit("@", 1)[1]) for f in faults if f.startswith(f"{spec.setting}:crash@")), None)
+
+    def report(record: dict, saved: tune.Checkpoint | None = None) -> None:
+        _report_epoch(record, spec.config.planned_epochs, saved)
+        if record["epoch"] == crash_at:
+            marker = os.path.join(tune.get_context().get_trial_dir(), "injected-crash")
+            if not os.path.exists(marker):  # once per trial: its restart (from a checkpoint or from zero) runs on
+                open(marker, "w").close()
+                os._exit(17)
+
+    def report_checkpoint(record: dict, directory: str) -> None:
+        report(record, tune.Checkpoint.from_directory(directory))
+
+    return report, report_checkpoint
+
+
+def _injected(setting: str, faults: list[str]) -> None:
+    """The faults a test asked of this setting (SweepOptions.inject_fault): a crash, an error, a lost connection."""
+    if f"{setting}:crash" in faults:
+        os._exit(17)
+    if setting in faults:
+        raise RuntimeError(f"injected fault in setting {setting}")
+    if f"{setting}:lost-connection" in faults:
+        raise ConnectionResetError(f"injected: the connection of setting {setting} was reset")
 
 
 def _report_epoch(record: dict, planned_epochs: int, saved: tune.Checkpoint | None = None) -> None:

@@ -74,6 +74,12 @@ def tune_trials(opts: SweepOptions, store: RunStore, todo: list[TrialSpec], data
             verbose=1 if opts.verbose else 0,
         ),
     )
+    _fit(tuner, store, specs, bool(searched), out)
+
+
+def _fit(tuner, store: RunStore, specs: dict, searched: bool, out: Callable[[str], None]) -> None:
+    """Run the Tune experiment away from the working directory; a failure of Tune's own after every planned trial
+    has its row is a warning, not an error."""
     # Under `ray job submit` the working directory is Ray's copy of the user's, which Ray may delete while the
     # job runs (another node's runtime-env cleanup on the same machine): nothing after this point needs it.
     cwd = _cwd()
