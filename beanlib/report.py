@@ -128,8 +128,9 @@ def _compose(trials, epochs, manifest, store, out: Path, data: str | None = None
     trials, labelled = _with_labels(trials, manifest, data)
     summary = tables.summarize(trials)
     missing = [label for trial_id, label in (planned or {}).items() if trial_id not in set(trials["trial_id"])]
-    if study is not None and study.search and (left := study.search.trials - int(trials["point"].notna().sum())) > 0:
-        missing = [f"{left} trial(s) of the search's budget of {study.search.trials}"]
+    if study is not None and study.search:  # its trials are sampled: what is missing is the rest of its budget
+        done = int(trials["point"].notna().sum())
+        missing = [f"trial {k} of the search's {study.search.trials}" for k in range(done + 1, study.search.trials + 1)]
     failed = trials[~trials["status"].isin(("ok", "pruned"))]
     _header(doc, trials, manifest, store, extra, missing, failed, labelled)
     verdicts, families, chosen = _verdicts(summary, trials, study)
