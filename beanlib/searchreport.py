@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pandas as pd
 
 from beanlib.results import RAN_IN_FULL
-from beanlib.studies import Study
+from beanlib.studies import Study, plain
 
 IMPORTANCE_SEEDS = 5  # fANOVA's forest is random: its importances are shown as the spread over this many forests
 
@@ -78,14 +77,10 @@ def importance(points: pd.DataFrame, study: Study) -> pd.DataFrame | None:
     distributions = study.search.distributions()
     record = optuna.create_study(direction="maximize")
     for _, row in usable.iterrows():
-        params = {f: _plain(row[f]) for f in distributions}
+        params = {f: plain(row[f]) for f in distributions}
         record.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, value=float(row["val_accuracy"])))
     runs = [optuna.importance.get_param_importances(record, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=s))
             for s in range(IMPORTANCE_SEEDS)]
     table = pd.DataFrame(runs).astype(float)
     return pd.DataFrame({"parameter": table.columns, "importance": table.mean().values, "lowest": table.min().values,
                          "highest": table.max().values}).sort_values("importance", ascending=False).reset_index(drop=True)
-
-
-def _plain(value):
-    return value.item() if isinstance(value, np.generic) else value

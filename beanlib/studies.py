@@ -169,6 +169,11 @@ def search_spec(study: Study, values: dict[str, Any], repeat: int, *, overrides:
     return TrialSpec(trial_id(seeded, per_class), study.name, (SEARCH_FACTOR,), label, repeat, seeded, per_class)
 
 
+def plain(value: Any) -> Any:
+    """A sampled value as JSON and Optuna keep it (a numpy scalar becomes Python's)."""
+    return value.item() if hasattr(value, "item") else value
+
+
 def search_probes(study: Study, overrides: dict[str, Any] | None = None, per_class: int | None = None) -> list[TrialSpec]:
     """Trials at the corners of a search's space (every dimension at its low end, then at its high end, and each
     choice): what the sweep checks options, weights, data and space against before the searcher samples."""

@@ -20,7 +20,7 @@ from ray.tune.search.optuna import OptunaSearch
 from ray.tune.search.repeater import TRIAL_INDEX
 
 from beanlib.results import FINISHED, RAN_IN_FULL, RunStore
-from beanlib.studies import Study, TrialSpec, search_spec
+from beanlib.studies import Study, TrialSpec, plain, search_spec
 
 POINTS = "search.json"  # RUN/search.json: {"points": [{field: value}, ...]} in the order suggested
 METRIC = "objective"  # what a trial's final report gives the searcher: its row's validation accuracy
@@ -99,7 +99,7 @@ def spec_of(config: dict[str, Any], context: dict[str, Any], point: int | None =
 
 def values_of(config: dict[str, Any], study: Study) -> dict[str, Any]:
     """The sampled values in a Tune config (JSON-ready)."""
-    return {d.field: _plain(config[d.field]) for d in study.search.space}
+    return {d.field: plain(config[d.field]) for d in study.search.space}
 
 
 def kept_result(store: RunStore, trial_id: str) -> dict[str, Any] | None:
@@ -112,8 +112,3 @@ def kept_result(store: RunStore, trial_id: str) -> dict[str, Any] | None:
     objective = {METRIC: row["val_accuracy"] if row["status"] in RAN_IN_FULL else math.nan}
     return {"finished": 1, "kept": 1, "status": row["status"], "test_accuracy": row["test_accuracy"],
             "epoch": row["epochs_run"] or 0, "val_accuracy": row["val_accuracy"] or 0.0, **objective}
-
-
-def _plain(value: Any) -> Any:
-    """A sampled value as JSON keeps it (numpy scalars to Python)."""
-    return value.item() if hasattr(value, "item") else value
