@@ -4,6 +4,7 @@ chosen setting, runtime. Statistics come from beanlib.stats; this module only ar
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -82,7 +83,14 @@ def summarize(trials: pd.DataFrame) -> pd.DataFrame:
     order = {name: i for i, name in enumerate(dict.fromkeys([*ORIGINAL, *frame["factor"]]))}
     settings = {label: i for i, label in enumerate(label for f in ORIGINAL.values() for label in f)}
     key = frame["factor"].map(order) * 10_000 + frame["setting"].map(lambda s: settings.get(s, 9_999))
-    return frame.assign(_key=key).sort_values(["_key", "setting"]).drop(columns="_key").reset_index(drop=True)
+    natural = frame["setting"].map(_natural)  # "point 2" before "point 10"
+    return frame.assign(_key=key, _natural=natural).sort_values(["_key", "_natural"]).drop(columns=["_key", "_natural"]) \
+        .reset_index(drop=True)
+
+
+def _natural(text: str) -> tuple:
+    """A sort key that orders the numbers inside a name by value: k3 < k5 < k11, point 2 < point 10."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", text))
 
 
 def class_names(trials: pd.DataFrame) -> tuple[str, ...]:

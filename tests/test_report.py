@@ -354,3 +354,15 @@ def test_a_full_factorial_reports_its_main_effects_and_interactions(tmp_path):
     line = next(line for line in markdown.splitlines() if line.startswith("chosen on validation: **k7/"))
     assert "main effects and two-way interactions (seed-blocked linear model, HC3-robust type-II F-tests, Holm over its 6 effects" in line
     assert re.search(r"beyond the noise: kernel_size \(F = [\d.]+, p = 0\.\d{3}\)$", line), line
+
+
+def test_a_users_settings_are_listed_with_the_numbers_in_their_names_in_order(tmp_path):
+    """Settings outside the original's table keep their numbers' order (e2, e3, e10; a search's point 2 before point
+    10), not the alphabet's."""
+    from beanlib.studies import Factor, Study
+    from beanlib.tables import summarize
+
+    study = Study("numbered", "three epoch budgets", {"model": "lenet", "image_size": 32},
+                  (Factor("budget", tuple((f"e{e}", {"epochs": e}) for e in (10, 2, 3))),))
+    rows = [trial_row(spec, _one_result(0.5 + i / 100), status="ok", data="synthetic") for i, spec in enumerate(plan(study))]
+    assert list(summarize(pd.DataFrame(rows))["setting"]) == ["e2", "e3", "e10"]
