@@ -10,7 +10,7 @@ import pytest
 from beanlib.errors import BeanlibError
 from beanlib.results import EPOCH_SCHEMA, TRIAL_SCHEMA, RunStore
 from beanlib.rows import provenance, trial_row
-from beanlib.studies import plan, study_of_run
+from beanlib.studies import plan, search_spec, study_of_run
 from beanlib.train import TrialResult
 
 
@@ -219,6 +219,13 @@ def test_every_committed_run_reads_whole_and_matches_its_plan():
                     f"committed: run `python -m jobs.report --results results/{run.name}` (it upgrades the run) and commit it"
         store = RunStore(str(run.parent), run.name)
         manifest = store.manifest()
-        planned = {s.trial_id for s in plan(study_of_run(manifest), repeats=manifest["repeats"], overrides=manifest["overrides"])}
+        study = study_of_run(manifest)
+        if study.search is None:
+            planned = {s.trial_id for s in plan(study, repeats=manifest["repeats"], overrides=manifest["overrides"])}
+        else:  # a search's plan is its budget of points, in the order its searcher suggested them
+            points = json.loads((run / "search.json").read_text())["points"]
+            assert len(points) == study.search.points(manifest["repeats"]), run.name
+            planned = {search_spec(study, values, r, overrides=manifest["overrides"], per_class=manifest["per_class"]).trial_id
+                       for values in points for r in range(manifest["repeats"])}
         assert set(pd.read_parquet(run / "trials")["trial_id"]) == planned, run.name
         assert "/" not in json.dumps(manifest["overrides"]), run.name  # known by content, not by a path
