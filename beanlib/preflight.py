@@ -124,11 +124,13 @@ def print_plan(specs: list[TrialSpec], done: dict[str, str], out: Callable[[str]
     from beanlib.models import parameter_counts
 
     backend.needed()  # counting builds the models: the driver's set-up (no GPUs) comes first
-    out(f"{'trial_id':18s} {'factor':36s} {'setting':26s} {'rep':>3s} {'trainable':>11s} {'total':>11s}  status  config")
+    # Columns as wide as their longest entry: ids carry the model's name, factors and settings the user's.
+    i, f, s = (max([len(name), *(len(getattr(spec, name)) for spec in specs)]) for name in ("trial_id", "factor", "setting"))
+    out(f"{'trial_id':{i}s} {'factor':{f}s} {'setting':{s}s} {'rep':>3s} {'trainable':>11s} {'total':>11s}  status  config")
     for spec in specs:
         trainable, total = parameter_counts(spec.config, num_classes)
         shown = {k: v for k, v in spec.config.to_dict().items() if v is not None}
-        out(f"{spec.trial_id:18s} {spec.factor:36s} {spec.setting:26s} {spec.repeat:3d} {trainable:11,d} {total:11,d}  "
+        out(f"{spec.trial_id:{i}s} {spec.factor:{f}s} {spec.setting:{s}s} {spec.repeat:3d} {trainable:11,d} {total:11,d}  "
             f"{done.get(spec.trial_id, 'todo'):6s}  {json.dumps(shown)}")
     out(f"{len(specs)} trials, {sum(1 for s in specs if done.get(s.trial_id) in FINISHED)} finished")
 

@@ -241,6 +241,8 @@ def test_dry_run_prints_the_trial_table_and_writes_nothing(tiny_study, tmp_path)
     run_sweep(SweepOptions(study=tiny_study, data="synthetic", results=str(tmp_path), dry_run=True), out=lines.append)
     assert any("top-2-blocks" in line and "13,216,131" in line and "23,904,035" in line for line in lines)
     assert lines[-1] == "4 trials, 0 finished" and not any(tmp_path.iterdir())
+    header, rows = lines[-6], lines[-5:-1]  # each id whole in its column, however long its model's name
+    assert sorted(row[:header.index("factor")].rstrip() for row in rows) == sorted(s.trial_id for s in studies.plan(TINY))
 
 
 def test_a_dead_worker_is_recorded_as_a_failed_trial(local_ray, tiny_study, tmp_path):
