@@ -349,6 +349,13 @@ class RunStore:
             return schema.empty_table().select(columns or schema.names)
         return pq.read_table(folder, filesystem=self.fs, schema=schema, columns=columns)
 
+    def read_trial(self, trial_id: str, columns: list[str]) -> dict[str, Any] | None:
+        """One trial's row (its own file, not the whole table), or None when it has none."""
+        if not self._exists("trials", trial_id):
+            return None
+        rows = pq.read_table(f"{self.path}/trials/{trial_id}.parquet", filesystem=self.fs, columns=columns).to_pylist()
+        return rows[0] if rows else None
+
     def _write_table(self, kind: str, trial_id: str, table: pa.Table | list[dict], schema: pa.Schema | None = None) -> None:
         if not isinstance(table, pa.Table):
             table = pa.Table.from_pylist(table, schema=schema)

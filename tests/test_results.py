@@ -51,6 +51,8 @@ def test_rewriting_a_trial_replaces_its_row_and_leaves_no_temporary_files(tmp_pa
     trials = pd.read_parquet(tmp_path / "run1" / "trials")
     assert len(trials) == 1 and trials.loc[0, "test_accuracy"] == 0.9 and trials.loc[0, "status"] == "ok"
     assert store.finished() == {spec.trial_id: "ok"}
+    assert store.read_trial(spec.trial_id, ["status", "test_accuracy"]) == {"status": "ok", "test_accuracy": 0.9}
+    assert store.read_trial(plan("seed")[1].trial_id, ["status"]) is None
     assert sorted(p.name for p in (tmp_path / "run1").rglob("*") if p.is_file()) == [f"{spec.trial_id}.parquet"] * 2
 
 

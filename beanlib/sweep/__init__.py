@@ -125,7 +125,7 @@ def _search(opts: SweepOptions, study: Study, probes: list[TrialSpec], chosen: s
         return SweepSummary(points * opts.repeats, 0, {})
     data = _data(opts, probes, per_class)
     if count:
-        _start(opts, data, store, _search_rest(store, study, opts.repeats, probes))
+        _start(opts, data, store, _search_rest(state, study, opts.repeats, probes))
     _record(opts, chosen, per_class, data, study, probes, store)
     out(f"{opts.study}: {what}; {finished} finished in {store.uri}, {count} to run")
     context = {"study": study, "overrides": opts.overrides(), "per_class": per_class, "state": state, "probes": probes}
@@ -146,10 +146,10 @@ def _search_statuses(store: RunStore) -> dict[str, str]:
     return {r["trial_id"]: r["status"] for r in table if r["factor"] == SEARCH_FACTOR}
 
 
-def _search_rest(store: RunStore, study: Study, repeats: int, probes: list[TrialSpec]) -> list[TrialSpec]:
+def _search_rest(state: search.SearchState, study: Study, repeats: int, probes: list[TrialSpec]) -> list[TrialSpec]:
     """Stand-ins for the trials a search has still to run (its largest corner, once per trial): what space
     estimates go by."""
-    left = (study.search.points(repeats) - len(search.state_of(store, study).complete(repeats))) * repeats
+    left = (study.search.points(repeats) - len(state.complete(repeats))) * repeats
     return [max(probes, key=lambda s: estimated_params(s.config))] * max(left, 0)
 
 

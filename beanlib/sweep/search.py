@@ -105,9 +105,8 @@ def values_of(config: dict[str, Any], study: Study) -> dict[str, Any]:
 def kept_result(store: RunStore, trial_id: str) -> dict[str, Any] | None:
     """The final report of a trial that has a finished row already (a re-suggested point's finished seed), so that
     the searcher hears its value without training it again; None when it has none."""
-    table = store.read_table("trials", columns=["trial_id", "status", "val_accuracy", "test_accuracy", "epochs_run"])
-    row = next((r for r in table.to_pylist() if r["trial_id"] == trial_id and r["status"] in FINISHED), None)
-    if row is None:
+    row = store.read_trial(trial_id, ["status", "val_accuracy", "test_accuracy", "epochs_run"])
+    if row is None or row["status"] not in FINISHED:
         return None
     objective = {METRIC: row["val_accuracy"] if row["status"] in RAN_IN_FULL else math.nan}
     return {"finished": 1, "kept": 1, "status": row["status"], "test_accuracy": row["test_accuracy"],
