@@ -55,7 +55,7 @@ def run_sweep(opts: SweepOptions, out: Callable[[str], None] = print, progress: 
     # The driver may decode images and check weights (TensorFlow), and needs no GPU for it: they are the trials'.
     # Put off until then: with data, features and weights check cached, the driver never starts TensorFlow.
     backend.configure_when_needed(use_gpu=False)
-    for model, weights in sorted({(s.config.model, s.config.weights) for s in specs if family(s.config.model).pretrained_base}):
+    for model, weights in _pretrained_bases(specs):
         family(model).check_weights(weights)  # a wrong weights file stops here, in one line, before anything is written
     if opts.keep_models not in KEEP_MODELS:
         raise BeanlibError(f"unknown --keep-models {opts.keep_models!r}: use one of {', '.join(KEEP_MODELS)}")
@@ -178,11 +178,16 @@ def _start(opts: SweepOptions, data: dict, store: RunStore, todo: list[TrialSpec
     preflight.check_space(store, todo, opts.keep_models, min(len(todo), concurrency), len(class_names(opts.data)))
 
 
+def _pretrained_bases(specs: list[TrialSpec]) -> list[tuple[str, str]]:
+    """(model, weights) of each pretrained base the trials train on."""
+    return sorted({(s.config.model, s.config.weights) for s in specs if family(s.config.model).pretrained_base})
+
+
 def _record(opts: SweepOptions, chosen: str, per_class: int | None, data: dict, study: Study, specs: list[TrialSpec],
             store: RunStore) -> None:
     """Write (or check against) run.json, and the split beanlib carved, if it did."""
     carved = next(iter(data.values())).carved
-    bases = sorted({s.config.weights for s in specs if family(s.config.model).pretrained_base})
+    bases = sorted({weights for _, weights in _pretrained_bases(specs)})
     store.check_manifest(preflight.manifest(opts, chosen, per_class, data, study), data_fingerprints={str(size): d.fingerprint for size, d in data.items()},
                          weights_sha256={w: weights_sha256(w) for w in bases if weights_sha256(w)})
     if carved:
