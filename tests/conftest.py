@@ -5,15 +5,46 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
+import clusters
+from clusters import embedded_ray
+
 # Before anything imports TensorFlow: quiet logs, and a cache that tests share but users never see.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ["BEANLIB_CACHE"] = tempfile.mkdtemp(prefix="beanlib-test-cache-")
 atexit.register(shutil.rmtree, os.environ["BEANLIB_CACHE"], ignore_errors=True)
+
+
+@pytest.fixture
+def local_ray():
+    """An embedded Ray in this process for the test's sweeps (see `embedded_ray`)."""
+    return embedded_ray()
+
+
+@pytest.fixture
+def no_local_ray():
+    """No Ray in this process: for a sweep that must connect to a cluster of its own."""
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        sys.modules["ray"].shutdown()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _ray_shut_down_at_the_end():
+    yield
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        sys.modules["ray"].shutdown()
+
+
+@pytest.fixture(scope="session")
+def token_cluster(tmp_path_factory):
+    """One two-node local cluster with token authentication, shared by the modules that test against a cluster."""
+    with clusters.token_cluster(tmp_path_factory.mktemp("token-cluster")) as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="session")

@@ -1,17 +1,14 @@
 """cluster.yaml against Ray's own cluster-config schema; a cluster that cannot be reached, or that wants a token, in
 one line. (A sweep over two nodes: tests/test_jobs.py, through `ray job submit` to two local nodes.)"""
 
-import os
 import re
-import socket
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 import yaml
-from clusters import stop_cluster
+from clusters import free_port, user_env
 
 ray = pytest.importorskip("ray")
 
@@ -43,14 +40,12 @@ def test_cluster_yaml_schema_check_catches_a_typo():
         validate_config(prepare_config(config))
 
 
-def test_an_address_where_no_cluster_listens_is_one_line_not_minutes_of_waiting(tmp_path, monkeypatch):
+def test_an_address_where_no_cluster_listens_is_one_line_not_minutes_of_waiting(no_local_ray, tmp_path, monkeypatch):
     from beanlib import preflight
     from beanlib.errors import BeanlibError
     from beanlib.sweep import SweepOptions, run_sweep
 
-    with socket.socket() as s:  # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     monkeypatch.setattr(preflight, "CONNECT_SECONDS", 2.0)
     with pytest.raises(BeanlibError, match=rf"^no Ray cluster answers at 127\.0\.0\.1:{port} \(.*\): check that its head is up") as caught:
         run_sweep(SweepOptions(study="smoke", data="synthetic", results=str(tmp_path), address=f"127.0.0.1:{port}"),
@@ -59,31 +54,10 @@ def test_an_address_where_no_cluster_listens_is_one_line_not_minutes_of_waiting(
     assert not any(tmp_path.iterdir())  # nothing written, the run's lease released and its folder gone
 
 
-@pytest.fixture
-def token_cluster(tmp_path):
-    """A local Ray head with token authentication on (Ray 2.61's default): (address, token)."""
-    import secrets
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    token = secrets.token_hex(16)
-    temp_dir = tempfile.mkdtemp(prefix="rt-", dir="/tmp")  # Ray's socket paths must stay short
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # this venv's `ray`
-    subprocess.run(["ray", "start", "--head", f"--port={port}", f"--temp-dir={temp_dir}", "--num-cpus=1",
-                    "--include-dashboard=false", "--disable-usage-stats"], env=env, check=True, capture_output=True, timeout=180)
-    try:
-        yield f"127.0.0.1:{port}", token
-    finally:
-        stop_cluster(temp_dir)
-
-
 @pytest.mark.slow
 def test_a_token_cluster_refuses_a_wrong_token_in_one_line_and_with_the_right_one_decides_precision_on_a_node(token_cluster, tmp_path):
-    address, token = token_cluster
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "TF_CPP_MIN_LOG_LEVEL", "BEANLIB_SET_TF_LOG_LEVEL")}
-    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="0" * 32)  # as a user's shell has them, with a wrong token
+    address, token = token_cluster.address, token_cluster.token_file.read_text()
+    env = user_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="0" * 32)  # as a user's shell has them, with a wrong token
     done = subprocess.run([sys.executable, "-m", "jobs.sweep", "--study", "smoke", "--data", "synthetic", "--results",
                            str(tmp_path), "--address", address], env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 2, done.stderr[-2000:]

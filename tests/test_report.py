@@ -17,20 +17,19 @@ from beanlib.stats import holm
 from beanlib.studies import plan
 from beanlib.train import TrialResult
 
+from clusters import embedded_ray  # noqa: E402
+
 ray = pytest.importorskip("ray")
 
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
-    """A real smoke sweep (synthetic data, 2 images per class) on an embedded Ray."""
+    """A real smoke sweep (synthetic data, 2 images per class) on the session's embedded Ray."""
     from beanlib.sweep import SweepOptions, run_sweep
 
+    embedded_ray()
     root = tmp_path_factory.mktemp("results")
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
-    try:
-        run_sweep(SweepOptions(study="smoke", data="synthetic", per_class=2, results=str(root)), out=lambda line: None)
-    finally:
-        ray.shutdown()
+    run_sweep(SweepOptions(study="smoke", data="synthetic", per_class=2, results=str(root)), out=lambda line: None)
     return root / "smoke"
 
 

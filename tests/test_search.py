@@ -83,12 +83,10 @@ def test_an_unknown_algorithm_is_one_error_line_from_the_command(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_tpe_search_stopped_part_way_finishes_its_budget_without_training_a_trial_twice_and_reports(tmp_path):
+def test_a_tpe_search_stopped_part_way_finishes_its_budget_without_training_a_trial_twice_and_reports(local_ray, tmp_path):
     """Ctrl+C as the third trial ends (one point complete, one half done), then the same command: the budget of 6
     trials is met, the half-done point's finished seed is not trained again, and a third run trains nothing. Rows
     carry the sampled values and their point; the report has the points, importance and the best-so-far curve."""
-    import ray
-
     from beanlib.report import build_report
     from beanlib.sweep import SweepOptions, run_sweep
 
@@ -104,22 +102,18 @@ def test_a_tpe_search_stopped_part_way_finishes_its_budget_without_training_a_tr
             os.kill(os.getpid(), signal.SIGINT)
 
     opts = SweepOptions(study=str(path), data="synthetic", results=str(tmp_path / "r"), max_concurrent=1)
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
-    try:
-        first = run_sweep(opts, out=out)
-        before = pd.read_parquet(run / "trials")
-        assert first.missing > 0 and 3 <= len(before) < 6 and lines[-1].startswith("resume: run the same command again")
-        lines.clear()
-        second = run_sweep(opts, out=lines.append)
-        third = run_sweep(opts, out=lines.append)
-        # ASHA prunes a searched trial as it does a grid's; a pruned seed completes its point
-        asha = tmp_path / "asha.yaml"
-        asha.write_text(SEARCH.replace("name: tpe-tiny", "name: asha").replace("epochs: 2", "epochs: 4").replace("trials: 6", "trials: 4"))
-        pruning = SweepOptions(study=str(asha), data="synthetic", results=str(tmp_path / "r"), scheduler="asha")
-        run_sweep(pruning, out=lambda line: None)
-        again = run_sweep(pruning, out=lambda line: None)
-    finally:
-        ray.shutdown()
+    first = run_sweep(opts, out=out)
+    before = pd.read_parquet(run / "trials")
+    assert first.missing > 0 and 3 <= len(before) < 6 and lines[-1].startswith("resume: run the same command again")
+    lines.clear()
+    second = run_sweep(opts, out=lines.append)
+    third = run_sweep(opts, out=lines.append)
+    # ASHA prunes a searched trial as it does a grid's; a pruned seed completes its point
+    asha = tmp_path / "asha.yaml"
+    asha.write_text(SEARCH.replace("name: tpe-tiny", "name: asha").replace("epochs: 2", "epochs: 4").replace("trials: 6", "trials: 4"))
+    pruning = SweepOptions(study=str(asha), data="synthetic", results=str(tmp_path / "r"), scheduler="asha")
+    run_sweep(pruning, out=lambda line: None)
+    again = run_sweep(pruning, out=lambda line: None)
     pruned = pd.read_parquet(tmp_path / "r" / "asha" / "trials")
     assert len(pruned) == 4 and set(pruned["status"]) <= {"ok", "pruned"} and again.ran == 0
     assert set(pruned.loc[pruned["status"] == "pruned", "epochs_run"]) <= {2}

@@ -81,7 +81,7 @@ ray = pytest.importorskip("ray")
 
 
 @pytest.mark.slow
-def test_stale_rows_are_flagged_and_retrain_stale_replaces_them_with_nothing_duplicated(tmp_path, monkeypatch):
+def test_stale_rows_are_flagged_and_retrain_stale_replaces_them_with_nothing_duplicated(local_ray, tmp_path, monkeypatch):
     """Rows that older code wrote (here: relabelled semantics 0) are named on resume and kept; --retrain-stale
     trains them again, sets the old rows aside in superseded/, and leaves one row per trial."""
     from beanlib import studies
@@ -93,28 +93,24 @@ def test_stale_rows_are_flagged_and_retrain_stale_replaces_them_with_nothing_dup
                 (Factor("kernel_size", (("kernel_size=3", {"kernel_size": 3}), ("kernel_size=5", {"kernel_size": 5}))),),
                 per_class=3)
     monkeypatch.setitem(studies.STUDIES, "two", two)
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
-    try:
-        opts = SweepOptions(study="two", data="synthetic", results=str(tmp_path), keep_models="none")
-        run_sweep(opts, out=lambda line: None)
-        store = RunStore(str(tmp_path), "two")
-        first = pd.read_parquet(tmp_path / "two" / "trials").set_index("trial_id")
-        assert (first["semantics"] == semantics.SEMANTICS).all()
-        old = first.index[0]
-        row = store._read_file(f"{store.path}/trials/{old}.parquet").to_pylist()[0]
-        store._write_table("trials", old, [{**row, "semantics": 0}], store._read_file(f"{store.path}/trials/{old}.parquet").schema)
+    opts = SweepOptions(study="two", data="synthetic", results=str(tmp_path), keep_models="none")
+    run_sweep(opts, out=lambda line: None)
+    store = RunStore(str(tmp_path), "two")
+    first = pd.read_parquet(tmp_path / "two" / "trials").set_index("trial_id")
+    assert (first["semantics"] == semantics.SEMANTICS).all()
+    old = first.index[0]
+    row = store._read_file(f"{store.path}/trials/{old}.parquet").to_pylist()[0]
+    store._write_table("trials", old, [{**row, "semantics": 0}], store._read_file(f"{store.path}/trials/{old}.parquet").schema)
 
-        lines: list[str] = []
-        assert run_sweep(opts, out=lines.append).ran == 0
-        assert any(line.startswith("warning: 1 finished trial(s)") and "--retrain-stale" in line for line in lines)
+    lines: list[str] = []
+    assert run_sweep(opts, out=lines.append).ran == 0
+    assert any(line.startswith("warning: 1 finished trial(s)") and "--retrain-stale" in line for line in lines)
 
-        again = run_sweep(SweepOptions(**{**opts.__dict__, "retrain_stale": True}), out=lines.append)
-        assert again.ran == 1 and again.failed == 0
-        trials = pd.read_parquet(tmp_path / "two" / "trials")
-        assert trials["trial_id"].is_unique and len(trials) == 2 and (trials["semantics"] == semantics.SEMANTICS).all()
-        aside = pd.read_parquet(tmp_path / "two" / "superseded" / "trials")
-        assert list(aside["trial_id"]) == [old] and list(aside["semantics"]) == [0]
-        assert (tmp_path / "two" / "superseded" / "epochs" / f"{old}.v0.parquet").exists()
-        assert run_sweep(SweepOptions(**{**opts.__dict__, "retrain_stale": True}), out=lines.append).ran == 0
-    finally:
-        ray.shutdown()
+    again = run_sweep(SweepOptions(**{**opts.__dict__, "retrain_stale": True}), out=lines.append)
+    assert again.ran == 1 and again.failed == 0
+    trials = pd.read_parquet(tmp_path / "two" / "trials")
+    assert trials["trial_id"].is_unique and len(trials) == 2 and (trials["semantics"] == semantics.SEMANTICS).all()
+    aside = pd.read_parquet(tmp_path / "two" / "superseded" / "trials")
+    assert list(aside["trial_id"]) == [old] and list(aside["semantics"]) == [0]
+    assert (tmp_path / "two" / "superseded" / "epochs" / f"{old}.v0.parquet").exists()
+    assert run_sweep(SweepOptions(**{**opts.__dict__, "retrain_stale": True}), out=lines.append).ran == 0

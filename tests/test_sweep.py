@@ -17,6 +17,7 @@ from beanlib.errors import BeanlibError  # noqa: E402
 from beanlib.results import EPOCH_SCHEMA, TRIAL_SCHEMA  # noqa: E402
 from beanlib.studies import Factor, Study  # noqa: E402
 from beanlib.sweep import SweepOptions, run_sweep  # noqa: E402
+from clusters import embedded_ray  # noqa: E402
 
 pytestmark = pytest.mark.slow  # most tests here start a Ray sweep
 
@@ -30,13 +31,6 @@ TINY = Study(
     ),
     per_class=3,
 )
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture
@@ -246,11 +240,12 @@ def test_dry_run_prints_the_trial_table_and_writes_nothing(tiny_study, tmp_path)
 
 
 def test_a_dead_worker_is_recorded_as_a_failed_trial(local_ray, tiny_study, tmp_path):
+    """A worker process that dies mid-trial (its LeNet) is a failed row; the trial beside it is untouched."""
     opts = SweepOptions(study=tiny_study, data="synthetic", results=str(tmp_path), retries=0,
-                        inject_fault=("kernel_size=5:crash",))
+                        inject_fault=("kernel_size=5:crash",), only=("kernel_size=3", "kernel_size=5"))
     summary = run_sweep(opts, out=lambda line: None)
     trials = pd.read_parquet(tmp_path / "tiny" / "trials").set_index("setting")
-    assert summary.failed == 1 and len(trials) == 4
+    assert summary.failed == 1 and len(trials) == 2
     dead = trials.loc["kernel_size=5"]
     assert dead["status"] == "error" and dead["error"] and pd.isna(dead["test_accuracy"]) and dead["kernel_size"] == 5
     assert set(trials.drop(index="kernel_size=5")["status"]) == {"ok"}
@@ -417,8 +412,9 @@ RESUME = Study(
 
 
 @pytest.fixture(scope="module")
-def resumed_and_clean(local_ray, tmp_path_factory):
+def resumed_and_clean(tmp_path_factory):
     """The RESUME study twice: once with kernel_size=3's worker killed after epoch 2 (models: best), once not (all)."""
+    embedded_ray()
     root = tmp_path_factory.mktemp("resume")
     studies.STUDIES["resume"] = RESUME
     before = set(Path(tempfile.gettempdir()).glob("beanlib-*"))
