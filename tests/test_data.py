@@ -15,6 +15,7 @@ def _forget_memo():
     data_module._MEMO.clear()
 
 
+@pytest.mark.slow
 def test_synthetic_mirrors_the_beans_splits_and_is_seeded():
     full = load_beans("synthetic", 32)
     for split in SPLITS:
@@ -66,6 +67,7 @@ def test_real_beans_folder_is_read_in_place(beans_dir):
     assert {s: [len(c) for c in files[s]] for s in SPLITS} == {s: list(n) for s, n in BEANS_COUNTS.items()}
 
 
+@pytest.mark.slow
 def test_real_beans_keep_the_fingerprint_their_committed_runs_recorded(beans_dir):
     """Reading any dataset changed how folders are read; beans' content identity (and so every run's match) did not."""
     import json

@@ -54,6 +54,7 @@ def test_a_replaced_model_file_is_refused_before_keras_reads_it(tmp_path):
     assert "\n" not in str(caught.value)
 
 
+@pytest.mark.slow
 def test_a_model_whose_lambda_runs_code_is_refused_in_one_line_and_its_code_never_runs(tmp_path):
     """A tampered model whose row was changed to match: Keras's safe mode refuses it, and jobs.predict says so in one
     error line, with no traceback and exit 2."""

@@ -80,6 +80,7 @@ def test_inception_accepts_75px_and_outputs_logits():
     np.testing.assert_allclose(built.model(x), built.head(built.features(x)), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_inception_weights_from_a_local_file(tmp_path):
     source = build(TrialConfig.from_dict({"model": "inception", "weights": "none", "image_size": 75, "seed": 3}))
     path = tmp_path / "base.weights.h5"
@@ -89,6 +90,7 @@ def test_inception_weights_from_a_local_file(tmp_path):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
+@pytest.mark.slow
 def test_both_families_take_their_output_size_from_the_data():
     from beanlib.models import parameter_counts
 

@@ -191,6 +191,7 @@ def test_statistics_on_repeats(tmp_path):
     assert "parallel speed-up of" in markdown
 
 
+@pytest.mark.slow
 def test_a_run_stopped_and_resumed_gives_no_speed_up_and_says_why(tmp_path):
     root = _constructed_run(tmp_path)
     store = RunStore(str(tmp_path), "constructed")
@@ -234,6 +235,7 @@ def test_the_results_root_instead_of_a_run_names_the_runs(tmp_path):
     assert json.loads((tmp_path / "constructed" / "run.json").read_text())["study"] == "seed"
 
 
+@pytest.mark.slow
 def test_diverged_and_failed_runs_are_counted_apart_and_never_crash_the_report(tmp_path):
     root = _constructed_run(tmp_path)
     store = RunStore(str(tmp_path), "constructed")

@@ -215,6 +215,7 @@ def _beside(rng, means, runs=3):
     return rows.assign(original_test_accuracy=[a[0] for a in rows["accuracies"]], accuracies=[a[1:] for a in rows["accuracies"]])
 
 
+@pytest.mark.slow
 def test_an_original_run_of_the_same_setting_is_judged_beyond_the_noise_at_the_nominal_rate():
     """The original's number is one run: judged against the spread of one run of ours (a prediction interval), a run
     of the same setting is called different 5% of the time, and, Holm-adjusted, a study of 6 settings at most 5%.

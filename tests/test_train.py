@@ -103,6 +103,7 @@ def test_each_trial_measures_its_own_peak_memory(tiny_synthetic):
     assert 0 < result.peak_rss_bytes < with_ballast - 256 * 2**20  # the trial's own peak, not the process's
 
 
+@pytest.mark.slow
 def test_a_trial_resumed_in_process_trains_as_if_never_stopped_and_lets_go_of_the_checkpoint(tiny_synthetic):
     from beanlib import checkpoint
 

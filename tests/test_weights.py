@@ -33,6 +33,7 @@ def _top2(model: str) -> int:
     ("inception", 249), ("inception", 133),
     *(pytest.param(m, _top2(m), marks=pytest.mark.slow) for m in ("resnet50", "efficientnet_b0", "mobilenet_v3_large", "convnext_tiny")),
 ])
+@pytest.mark.slow
 def test_unfrozen_batchnorm_runs_in_inference_mode_when_the_model_trains(model, unfreeze_from):
     # Keras passes a functional model's `training` to the layers it wraps: without PretrainedBase the
     # unfrozen BatchNorm layers would normalise with batch statistics here and the outputs would differ.
