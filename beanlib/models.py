@@ -62,11 +62,10 @@ def parameter_counts(config: TrialConfig, num_classes: int = NUM_CLASSES) -> tup
     # Training settings and weights do not change the counts: key and build without them (random init, no download).
     training_only = {"seed": 0, "epochs": 1, "batch_size": 1, "optimizer": "adam", "learning_rate": 1.0, "precision": "float32"}
     arch = dataclasses.replace(config, **training_only, **family(config.model).arch_neutral)
-    key = (arch, config.phases, num_classes)  # the phases decide whether the base is opened for fine-tuning
+    key = (arch, config.phases, num_classes)  # the phases decide what trains last
     if key not in _COUNTS:
         built = build(arch, num_classes)
-        if "fine_tune" in config.phases:
-            keras_code(config.model).set_unfrozen(built, config.unfreeze_from)
+        keras_code(config.model).as_in_last_phase(built, config)
         _COUNTS[key] = (count_params(built.model.trainable_weights), built.model.count_params())
         keras.backend.clear_session()
     return _COUNTS[key]

@@ -353,7 +353,7 @@ class RunStore:
         """One trial's row (its own file, not the whole table), or None when it has none."""
         if not self._exists("trials", trial_id):
             return None
-        rows = pq.read_table(f"{self.path}/trials/{trial_id}.parquet", filesystem=self.fs, columns=columns).to_pylist()
+        rows = self._read_file(f"{self.path}/trials/{trial_id}.parquet", columns).to_pylist()
         return rows[0] if rows else None
 
     def _write_table(self, kind: str, trial_id: str, table: pa.Table | list[dict], schema: pa.Schema | None = None) -> None:
@@ -376,8 +376,8 @@ class RunStore:
         return sorted(i.path for i in found if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")
                       and not i.base_name.startswith((".", "_")))
 
-    def _read_file(self, path: str) -> pa.Table:
-        return pq.read_table(path, filesystem=self.fs)
+    def _read_file(self, path: str, columns: list[str] | None = None) -> pa.Table:
+        return pq.read_table(path, filesystem=self.fs, columns=columns)
 
     def _exists(self, kind: str, trial_id: str) -> bool:
         return self.fs.get_file_info(f"{self.path}/{kind}/{trial_id}.parquet").type == pafs.FileType.File

@@ -24,5 +24,5 @@ def family(name: str) -> Family:
 
 
 def keras_code(name: str) -> ModuleType:
-    """The family's Keras module (build, train, for_inference), imported on first use."""
+    """The family's Keras module (build, train, as_in_last_phase, for_inference), imported on first use."""
     return importlib.import_module(family(name).model)

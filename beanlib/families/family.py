@@ -2,7 +2,8 @@
 
 A family's package (`families/NAME/__init__.py`) declares it without importing Keras, so that the driver plans,
 validates and costs trials without starting TensorFlow; its `model` module holds the Keras code: `build(config,
-num_classes) -> Built`, `train(trial, features)` (its training phases) and `for_inference(built)`.
+num_classes) -> Built`, `train(trial, features)` (its training phases), `as_in_last_phase(built, config)` (what
+trains at the end, for parameter counts) and `for_inference(built)`.
 """
 
 from __future__ import annotations

@@ -46,6 +46,10 @@ def train(trial, features) -> None:
     trial.fit(trial.built.model, "train", trial.images, c.epochs, c.learning_rate)
 
 
+def as_in_last_phase(built: Built, config: "TrialConfig") -> None:
+    """Set what trains as in the trial's last phase: one phase, the whole model, so nothing to set."""
+
+
 def for_inference(built: Built) -> keras.Model:
     """The trained model, uncompiled (no optimizer state), as users load it."""
     return keras.Model(built.model.inputs, built.model.outputs, name=built.model.name)

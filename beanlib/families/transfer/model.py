@@ -132,6 +132,11 @@ def set_unfrozen(built: Built, unfreeze_from: int | None) -> None:
             operation.trainable = unfreeze_from is not None and index >= unfreeze_from
 
 
+def as_in_last_phase(built: Built, config: "TrialConfig") -> None:
+    """Set what trains as in the trial's last phase: the open blocks when it fine-tunes, else the head alone."""
+    set_unfrozen(built, config.unfreeze_from if "fine_tune" in config.phases else None)
+
+
 def train(trial, features) -> None:
     """Phase 1 (frozen base, head only), then phase 2 (fine-tune from `unfreeze_from`) when set (`trial`: beanlib.train's
     running trial; `features`: the sweep's shared base features, or None)."""
