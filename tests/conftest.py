@@ -20,6 +20,32 @@ os.environ["BEANLIB_CACHE"] = tempfile.mkdtemp(prefix="beanlib-test-cache-")
 atexit.register(shutil.rmtree, os.environ["BEANLIB_CACHE"], ignore_errors=True)
 
 
+# What several tests share and costs a sweep, a cluster or minutes of training to build (session-scoped: built once
+# per process). The tests that use one run on the same xdist worker (pyproject's `--dist loadgroup`), so that the
+# suite on two workers builds each once, as it does in one process.
+BUILT_ONCE = ("token_cluster", "smoke_run", "resumed_and_clean", "null_population", "inception_299", "beans128")
+
+
+def pytest_itemcollected(item):
+    """Group a test by the first BUILT_ONCE fixture it uses (as it is collected: before xdist reads the groups)."""
+    shared = [name for name in BUILT_ONCE if name in getattr(item, "fixturenames", ())]
+    if shared:
+        item.add_marker(pytest.mark.xdist_group(shared[0]))
+
+
+def pytest_collection_modifyitems(items):
+    """The slow tests first: workers hand out tests in this order, so the short ones even out the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+def pytest_configure(config):
+    """Refuse workers that would not group: xdist marks a group in the test's id, which pytest 9.2 no longer lets it
+    do (pytest-xdist#1386), and then each worker would build again what BUILT_ONCE names."""
+    if config.getvalue("dist") == "loadgroup" and tuple(map(int, pytest.__version__.split(".")[:2])) >= (9, 2):
+        raise pytest.UsageError(f"pytest {pytest.__version__} breaks xdist's groups: install pytest<9.2, as "
+                                "pyproject.toml pins it, or run in one process with -n 0")
+
+
 @pytest.fixture
 def local_ray():
     """An embedded Ray in this process for the test's sweeps (see `embedded_ray`)."""

@@ -51,7 +51,7 @@ def test_lenet_regularizers_add_penalties_or_dropout_but_no_parameters():
     assert not np.allclose(dropout(x, training=True), dropout(x, training=False))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def inception_299():
     return build(TrialConfig.from_dict({"model": "inception", "weights": "none"}))
 

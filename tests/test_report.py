@@ -22,7 +22,7 @@ from clusters import embedded_ray  # noqa: E402
 ray = pytest.importorskip("ray")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory):
     """A real smoke sweep (synthetic data, 2 images per class) on the session's embedded Ray."""
     from beanlib.sweep import SweepOptions, run_sweep

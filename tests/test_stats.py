@@ -36,7 +36,7 @@ def _verdict(trials: pd.DataFrame):
     return verdicts["inception"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def null_population():
     return Population({k: 0.84 for k in SETTINGS}, np.random.default_rng(1))
 

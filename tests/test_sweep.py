@@ -411,7 +411,7 @@ RESUME = Study(
 )
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def resumed_and_clean(tmp_path_factory):
     """The RESUME study twice: once with kernel_size=3's worker killed after epoch 2 (models: best), once not (all)."""
     embedded_ray()

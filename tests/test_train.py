@@ -20,7 +20,7 @@ def inception_config(**values):
     return {"model": "inception", "weights": "none", "image_size": 75, "epochs": 2, "batch_size": 8, **values}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def small75():
     return load_beans("synthetic", 75, per_class=4)
 

@@ -172,7 +172,7 @@ def test_fine_tuning_from_249_changes_only_the_top_blocks(base, request, monkeyp
     assert len(moved) == 2 * 18 and sum(1 for _, same in moved if not same) >= 24, [name for name, same in moved if same]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def beans128(beans_dir):
     return load_beans(str(beans_dir), 128)
 
