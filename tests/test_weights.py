@@ -175,8 +175,8 @@ def test_fine_tuning_from_249_changes_only_the_top_blocks(base, request, monkeyp
 @pytest.fixture(scope="session")
 def beans128(beans_dir):
     """The real photos at 128 px, 80 per class per split: 240 to train on, all 133 to validate and 128 to test. The
-    whole train split (1,034) took four times as long on an AVX2 EPYC (174 s against 40 s) for the same verdict:
-    pretrained 71.9%, random init 41.4% with these."""
+    whole train split (1,034) took 174 s in a one-process suite on an AVX2 EPYC, these 40 s run alone; with these,
+    pretrained 71.9%, random init 41.4%."""
     return load_beans(str(beans_dir), 128, per_class=80)
 
 
