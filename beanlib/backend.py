@@ -108,6 +108,14 @@ def batches(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle_seed: int | N
     return BACKENDS[current()].batches(x, y, batch_size, shuffle_seed, start_epoch, endless)
 
 
+def build_for_fit(model, x: np.ndarray, y: np.ndarray) -> None:
+    """Create a compiled model's optimizer, loss and metric variables from one batch's shapes, before `fit`.
+    Keras on TensorFlow (without a distribution strategy) creates them inside the first trace of its train step, and
+    TensorFlow then traces the step again without them: two traces where one does (tested). Keras's own `fit` does
+    this on JAX and torch, and under a strategy on TensorFlow; with everything built it does nothing more."""
+    model._symbolic_build(data_batch=(x[:1], y[:1]))  # Keras's private step: there is no public one (keras 3.10-3.15)
+
+
 def steps(count: int, batch_size: int) -> int:
     """Batches in one epoch of `count` items (the last one may be short)."""
     return -(-count // batch_size)

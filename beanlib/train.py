@@ -212,6 +212,7 @@ class _Trial:
             model.optimizer.build(model.trainable_variables)
             checkpoint.assign(model.optimizer.variables, self.resume.optimizer, "optimizer variables")
             self.resume.optimizer = []
+        backend.build_for_fit(model, inputs["train"], self.data.train.labels)
         self.trainable_params = count_params(model.trainable_weights)
         self.recorder.phase = phase
         size = self.config.batch_size

@@ -91,6 +91,28 @@ def test_tensorflow_keeps_a_trained_models_graph_and_a_trial_leaves_none_behind(
     assert _graphs_alive() == graphs
 
 
+def test_a_trials_phase_traces_its_train_step_once_where_plain_keras_traces_it_twice(tiny_synthetic, monkeypatch):
+    """What beanlib.backend.build_for_fit is for: Keras on TensorFlow creates a new model's optimizer and metric
+    variables inside the first trace of its train step, so TensorFlow traces the step twice; a trial's fit, once."""
+    import keras
+    from keras.src.backend.tensorflow.trainer import TensorFlowTrainer
+
+    from beanlib import backend
+
+    if backend.current() != "tensorflow":
+        pytest.skip("the second trace is TensorFlow's")
+    traced = []
+    step = TensorFlowTrainer.train_step
+    monkeypatch.setattr(TensorFlowTrainer, "train_step", lambda self, data: traced.append(self) or step(self, data))
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    model.compile("adam", "mse", metrics=["mae"])
+    model.fit(np.zeros((8, 4)), np.zeros((8, 3)), epochs=2, verbose=0)
+    assert len(traced) == 2  # TensorFlow's behaviour: the day this fails, build_for_fit can go
+    traced.clear()
+    result = run_trial(lenet_config(), tiny_synthetic)
+    assert result.status == "ok" and len(result.history) == 2 and len(traced) == 1
+
+
 def test_each_trial_measures_its_own_peak_memory(tiny_synthetic):
     from beanlib.train import peak_rss_bytes, reset_peak_rss
 
