@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-import clusters
 from clusters import embedded_ray
 
 # Before anything imports TensorFlow: quiet logs, and a cache that tests share but users never see.
@@ -20,9 +19,10 @@ os.environ["BEANLIB_CACHE"] = tempfile.mkdtemp(prefix="beanlib-test-cache-")
 atexit.register(shutil.rmtree, os.environ["BEANLIB_CACHE"], ignore_errors=True)
 
 
-# What several tests share and costs a sweep, a cluster or minutes of training to build (session-scoped: built once
-# per process). The tests that use one run on the same xdist worker (pyproject's `--dist loadgroup`), so that the
-# suite on two workers builds each once, as it does in one process.
+# What several tests share and costs a sweep, a cluster or minutes of training to build (session-scoped, built once
+# per process; the cluster module-scoped, stopped once its one module is done). The tests that use one run on the
+# same xdist worker, one after another (pyproject's `--dist loadgroup`), so that the suite on two workers builds
+# each once, as it does in one process.
 BUILT_ONCE = ("token_cluster", "smoke_run", "resumed_and_clean", "null_population", "inception_299", "beans128")
 
 
@@ -64,13 +64,6 @@ def _ray_shut_down_at_the_end():
     yield
     if "ray" in sys.modules and sys.modules["ray"].is_initialized():
         sys.modules["ray"].shutdown()
-
-
-@pytest.fixture(scope="session")
-def token_cluster(tmp_path_factory):
-    """One two-node local cluster with token authentication, shared by the modules that test against a cluster."""
-    with clusters.token_cluster(tmp_path_factory.mktemp("token-cluster")) as cluster:
-        yield cluster
 
 
 @pytest.fixture(scope="session")
