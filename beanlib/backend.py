@@ -109,11 +109,10 @@ def batches(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle_seed: int | N
 
 
 def build_for_fit(model, x: np.ndarray, y: np.ndarray) -> None:
-    """Create a compiled model's optimizer, loss and metric variables from one batch's shapes, before `fit`.
-    Keras on TensorFlow (without a distribution strategy) creates them inside the first trace of its train step, and
-    TensorFlow then traces the step again without them: two traces where one does (tested). Keras's own `fit` does
-    this on JAX and torch, and under a strategy on TensorFlow; with everything built it does nothing more."""
-    model._symbolic_build(data_batch=(x[:1], y[:1]))  # Keras's private step: there is no public one (keras 3.10-3.15)
+    """Create a compiled model's optimizer, loss and metric variables from one batch's shapes, before `fit`. Keras on
+    TensorFlow otherwise creates them inside the first trace of its train step, and TensorFlow then traces the step a
+    second time (tests/test_train.py counts both). What exists already is left as it is."""
+    model._symbolic_build(data_batch=(x[:1], y[:1]))  # Keras's own pre-fit step: private, none is public (keras 3.15)
 
 
 def steps(count: int, batch_size: int) -> int:
