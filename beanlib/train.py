@@ -207,12 +207,11 @@ class _Trial:
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             metrics=["accuracy"],
         )
+        backend.build_for_fit(model, inputs["train"], self.data.train.labels)  # the optimizer's variables among them
         if self.resumes_in(phase):  # the optimizer's step count and moments as they were after the checkpoint's epoch
             initial_epoch = self.resume.epoch
-            model.optimizer.build(model.trainable_variables)
             checkpoint.assign(model.optimizer.variables, self.resume.optimizer, "optimizer variables")
             self.resume.optimizer = []
-        backend.build_for_fit(model, inputs["train"], self.data.train.labels)
         self.trainable_params = count_params(model.trainable_weights)
         self.recorder.phase = phase
         size = self.config.batch_size
