@@ -14,11 +14,15 @@ import pytest
 
 
 def embedded_ray():
-    """The session's embedded Ray (2 CPUs), started on first use and shared by every in-process sweep: each start
-    costs seconds. A test that needs no Ray in this process shuts it down; the next user starts it again."""
+    """The session's embedded Ray, started on first use and shared by every in-process sweep: each start costs
+    seconds. A test that needs no Ray in this process shuts it down; the next user starts it again.
+
+    One CPU, so one trial at a time: a sweep's trials then run one after another in one warm worker, which imports
+    TensorFlow once (about 10 s of CPU on this kind of machine), where two would each import it. The suite's two
+    xdist workers keep both cores busy already. Trials on two nodes at once: tests/test_cluster.py."""
     ray = pytest.importorskip("ray")
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+        ray.init(num_cpus=1, include_dashboard=False, configure_logging=False)
     return ray
 
 

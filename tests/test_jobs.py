@@ -76,7 +76,8 @@ LENETS = ("baseline", "kernel_size=3", "kernel_size=7", "kernel_counts=3-8-60", 
 def test_a_killed_driver_resumes_without_rerunning_or_duplicating_trials_on_a_short_calm_console(tmp_path):
     """The README's main job, killed mid-sweep and run again: only unfinished trials run, and the console is what a
     new user sees: the plan, one line per trial, the summary; no C++ log line, no Ray Tune table, no traceback."""
-    command = [sys.executable, "-m", "jobs.sweep", *SMOKE, "--results", str(tmp_path), "--only", *LENETS]
+    # One trial at a time: one worker per driver, so one TensorFlow start each (the other core runs another test).
+    command = [sys.executable, "-m", "jobs.sweep", *SMOKE, "--results", str(tmp_path), "--max-concurrent", "1", "--only", *LENETS]
     trials_dir = tmp_path / "smoke" / "trials"
     driver = subprocess.Popen(command, cwd=REPO, env=user_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:

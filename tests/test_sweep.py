@@ -329,6 +329,7 @@ def test_a_moved_data_folder_and_weights_file_resume_with_nothing_rerun(local_ra
     manifest = RunStore(str(tmp_path / "results"), "moved").manifest()
     assert manifest["data"] == str(tmp_path / "second" / "beans")  # where it was read from last: provenance
     assert manifest["overrides"]["weights"].startswith("sha256:")
+    assert not (tmp_path / "results" / "moved" / "split.parquet").exists()  # the folder's own splits: none made
 
     # With the data, the base features and the weights check cached, a new run's driver never starts TensorFlow
     # (beanlib.backend.configure_when_needed): its trials run on this test's Ray, and the driver says what it loaded.
@@ -346,8 +347,9 @@ print("ran", summary.ran, "failed", summary.failed, "tensorflow", "tensorflow" i
     assert shown.stdout.split()[-8:] == ["ran", "2", "failed", "0", "tensorflow", "False", "keras", "False"], shown.stderr[-2000:]
 
 
-@pytest.mark.parametrize("layout", ["five_classes", "five_classes_unsplit"])
-def test_a_five_class_folder_runs_end_to_end_with_its_class_names(local_ray, monkeypatch, tmp_path, request, layout):
+def test_a_five_class_folder_runs_end_to_end_with_its_class_names(local_ray, monkeypatch, tmp_path, five_classes_unsplit):
+    """Five classes of PNGs in every mode, in a folder without splits: beanlib splits them, and the names reach the
+    rows, the manifest and the report. (The same images in split folders load alike: tests/test_data.py.)"""
     from beanlib.models import parameter_counts
     from beanlib.report import build_report
     from beanlib.results import RunStore
@@ -356,25 +358,21 @@ def test_a_five_class_folder_runs_end_to_end_with_its_class_names(local_ray, mon
                   {"model": "lenet", "image_size": 75, "epochs": 1, "batch_size": 4, "weights": "none"},
                   (Factor("family", (("lenet", {}), ("head-only", {"model": "inception"}))),))
     monkeypatch.setitem(studies.STUDIES, study.name, study)
-    five_classes = request.getfixturevalue(layout)
     names = ["circle", "leaf", "moon", "square", "star"]
     lenet = studies.plan(study)[0].config
     plan_lines = []
-    run_sweep(SweepOptions(study="shapes", data=str(five_classes), results=str(tmp_path), dry_run=True), out=plan_lines.append)
+    run_sweep(SweepOptions(study="shapes", data=str(five_classes_unsplit), results=str(tmp_path), dry_run=True), out=plan_lines.append)
     assert any(f"{parameter_counts(lenet, 5)[0]:,}" in line for line in plan_lines if " lenet " in line)  # 5 logits
-    summary = run_sweep(SweepOptions(study="shapes", data=str(five_classes), results=str(tmp_path)), out=lambda line: None)
+    summary = run_sweep(SweepOptions(study="shapes", data=str(five_classes_unsplit), results=str(tmp_path)), out=lambda line: None)
     assert summary.failed == 0
     trials = pd.read_parquet(tmp_path / "shapes" / "trials").set_index("setting")
     assert all(list(n) == names for n in trials["class_names"])
     assert all(len(m) == 5 and len(a) == 5 for m, a in zip(trials["confusion_matrix"], trials["per_class_accuracy"]))
     assert trials.loc["lenet", "total_params"] == parameter_counts(lenet, 5)[1]
     assert RunStore(str(tmp_path), "shapes").manifest()["classes"] == names
-    if layout == "five_classes_unsplit":  # the split beanlib made is in the run: which file went where
-        split = pd.read_parquet(tmp_path / "shapes" / "split.parquet")
-        assert len(split) == 30 and split.groupby("split").size().to_dict() == {"test": 5, "train": 20, "validation": 5}
-        assert "made by beanlib" in RunStore(str(tmp_path), "shapes").manifest()["split"]
-    else:
-        assert not (tmp_path / "shapes" / "split.parquet").exists()
+    split = pd.read_parquet(tmp_path / "shapes" / "split.parquet")  # the split beanlib made: which file went where
+    assert len(split) == 30 and split.groupby("split").size().to_dict() == {"test": 5, "train": 20, "validation": 5}
+    assert "made by beanlib" in RunStore(str(tmp_path), "shapes").manifest()["split"]
     markdown = (build_report(str(tmp_path / "shapes")).out_dir / "report.md").read_text()
     assert "(5 classes: circle, leaf, moon, square, star)" in markdown and "circle: " in markdown
     assert "original %" not in markdown  # the original study's numbers are beans' only
@@ -422,7 +420,7 @@ def resumed_and_clean(tmp_path_factory):
         run_sweep(SweepOptions(study="resume", data="synthetic", results=str(root / "killed"), checkpoint_seconds=0,
                                inject_fault=("kernel_size=3:crash@2",)), out=lambda line: None)
         run_sweep(SweepOptions(study="resume", data="synthetic", results=str(root / "clean"), checkpoint_seconds=0,
-                               keep_models="all"), out=lambda line: None)
+                               keep_models="all", fresh_workers=True), out=lambda line: None)
     finally:
         del studies.STUDIES["resume"]
     # What those sweeps left in the temporary folder: a checkpoint or model of a process that is gone (the killed
@@ -438,7 +436,7 @@ TEMP_LEFT: list[str] = []
 
 def test_a_warm_worker_runs_its_next_trial_exactly_as_a_fresh_worker_does(resumed_and_clean, monkeypatch, tmp_path):
     """One trial at a time: both trials run in one worker process, one after the other. The second gives, epoch by
-    epoch, the numbers it gave in a worker of its own (the clean sweep, two trials at once on two CPUs)."""
+    epoch, the numbers it gave in a worker of its own (the clean sweep, --fresh-workers)."""
     _, clean = resumed_and_clean
     monkeypatch.setitem(studies.STUDIES, "resume", RESUME)
     run_sweep(SweepOptions(study="resume", data="synthetic", results=str(tmp_path), checkpoint_seconds=0, max_concurrent=1),
