@@ -19,7 +19,7 @@ def embedded_ray():
 
     One CPU, so one trial at a time: a sweep's trials then run one after another in one warm worker, which imports
     TensorFlow once (about 10 s of CPU on this kind of machine), where two would each import it. The suite's two
-    xdist workers keep both cores busy already. Trials on two nodes at once: tests/test_cluster.py."""
+    xdist workers keep both cores mostly busy already. Trials on two nodes at once: tests/test_cluster.py."""
     ray = pytest.importorskip("ray")
     if not ray.is_initialized():
         ray.init(num_cpus=1, include_dashboard=False, configure_logging=False)
