@@ -46,6 +46,14 @@ def pytest_configure(config):
                                 "pyproject.toml pins it, or run in one process with -n 0")
 
 
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """The README's main job killed mid-sweep and run again to the end (tests/smoke.py), for the tests of both."""
+    from smoke import killed_and_resumed
+
+    return killed_and_resumed(tmp_path_factory.mktemp("killed"))
+
+
 @pytest.fixture
 def local_ray():
     """An embedded Ray in this process for the test's sweeps (see `embedded_ray`)."""

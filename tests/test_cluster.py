@@ -16,6 +16,7 @@ import clusters
 from beanlib.results import EPOCH_SCHEMA, TRIAL_SCHEMA
 from beanlib.studies import plan
 from clusters import free_port, user_env
+from smoke import SMOKE
 
 ray = pytest.importorskip("ray")
 
@@ -93,7 +94,6 @@ def test_a_token_cluster_refuses_a_wrong_token_in_one_line_and_with_the_right_on
     assert re.match(r"precision auto: (float32|mixed_bfloat16) \(.* on a node of the cluster\)$", done.stdout.splitlines()[0])
 
 
-SMOKE = ["--study", "smoke", "--data", "synthetic", "--per-class", "2"]
 # Both families, four trials: enough for each node to run some (one CPU each), a third of the smoke study's time.
 ON_TWO_NODES = ("baseline", "kernel_size=3", "head-only", "top-2-blocks")
 

@@ -1,12 +1,9 @@
 """The entry points as a user runs them: one-line errors, a killed driver resumed. (`ray job submit` to two
 local nodes: tests/test_cluster.py.)"""
 
-import os
 import re
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -14,11 +11,11 @@ import pytest
 
 from beanlib.studies import plan
 from clusters import user_env
+from smoke import LENETS, SMOKE
 
 pytestmark = pytest.mark.slow  # every test here starts a sweep, a cluster or a subprocess job
 
 REPO = Path(__file__).resolve().parents[1]
-SMOKE = ["--study", "smoke", "--data", "synthetic", "--per-class", "2"]
 
 
 def _run(*args, timeout=600, **kwargs) -> subprocess.CompletedProcess:
@@ -53,57 +50,26 @@ def test_a_relative_results_folder_under_ray_job_submit_is_refused(tmp_path):
     assert "pass an absolute path or a URI" in done.stderr
 
 
-def _kill_session(process: subprocess.Popen) -> None:
-    """SIGKILL the driver and everything it started (the embedded Ray's processes share its session)."""
-    import psutil
-
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait(timeout=60)
-    for proc in psutil.process_iter():
-        try:
-            if os.getsid(proc.pid) == process.pid:
-                proc.kill()
-        except (psutil.Error, ProcessLookupError, PermissionError):
-            pass
-
-
-# The smoke study's LeNets: eight trials of a few seconds each, so that a kill lands mid-sweep at a fraction of the
-# whole study's time (its Inception-v3 trials are the slow half, and a resumed trial of theirs is tested in test_sweep).
-LENETS = ("baseline", "kernel_size=3", "kernel_size=7", "kernel_counts=3-8-60", "kernel_counts=12-32-240",
-          "regularizer=l1", "regularizer=l2", "regularizer=dropout")
-
-
-def test_a_killed_driver_resumes_without_rerunning_or_duplicating_trials_on_a_short_calm_console(tmp_path):
-    """The README's main job, killed mid-sweep and run again: only unfinished trials run, and the console is what a
-    new user sees: the plan, one line per trial, the summary; no C++ log line, no Ray Tune table, no traceback."""
-    # One trial at a time: one worker per driver, so one TensorFlow start each (the other core runs another test).
-    command = [sys.executable, "-m", "jobs.sweep", *SMOKE, "--results", str(tmp_path), "--max-concurrent", "1", "--only", *LENETS]
-    trials_dir = tmp_path / "smoke" / "trials"
-    driver = subprocess.Popen(command, cwd=REPO, env=user_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline and len(list(trials_dir.glob("*.parquet"))) < 3:
-            time.sleep(0.5)
-    finally:
-        _kill_session(driver)
-    before = pd.read_parquet(trials_dir).set_index("trial_id")
-    planned = {s.trial_id for s in plan("smoke") if s.setting in LENETS}
-    assert len(planned) == 8 and 3 <= len(before) < len(planned), "kill the driver mid-sweep"
-
-    resumed = _run(*command)
+def test_a_killed_driver_resumes_without_rerunning_or_duplicating_trials_on_a_short_calm_console(smoke_run):
+    """The README's main job, killed mid-sweep and run again (tests/smoke.py): only unfinished trials run, and the
+    console is what a new user sees: the plan, one line per trial, the summary; no C++ log line, no Ray Tune table,
+    no traceback."""
+    before, resumed = smoke_run.before, smoke_run.resumed
+    planned = {s.trial_id for s in plan("smoke")}
+    assert len(planned) == 12 and 3 <= len(before) < len(LENETS), "kill the driver mid-sweep"
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     lines = (resumed.stdout + resumed.stderr).strip().splitlines()
     assert len(lines) <= 40, "\n".join(lines)
     # the killed driver's lease: taken over at once, since its process is gone from this host, and said in one line
     assert lines[0].startswith("warning: took over the run from the driver pid ") and "(its process is gone)" in lines[0]
-    assert lines[1].startswith(f"smoke: 12 trials planned, {len(before)} finished in") and f", {8 - len(before)} to run (--only " in lines[1]
-    assert sum(1 for line in lines if line.startswith("trial ") and ": ok test_acc" in line) == 8 - len(before)
+    assert lines[1].startswith(f"smoke: 12 trials planned, {len(before)} finished in") and lines[1].endswith(f", {12 - len(before)} to run")
+    assert sum(1 for line in lines if line.startswith("trial ") and ": ok test_acc" in line) == 12 - len(before)
     assert any(line.startswith("smoke: done in") for line in lines)
     noise = re.compile(r"^(WARNING: All log messages|[IWEF]\d{4} \d\d:|Traceback|.*Trial status|.*_trainable_)")
     assert not [line for line in lines if noise.match(line)], "\n".join(lines)
-    after = pd.read_parquet(trials_dir)
+    after = pd.read_parquet(smoke_run.run / "trials")
     assert after["trial_id"].is_unique and set(after["trial_id"]) == planned and set(after["status"]) == {"ok"}
     kept = after.set_index("trial_id").loc[before.index]
     assert (kept["start_time"] == before["start_time"]).all()  # finished trials were not run again
-    epochs = pd.read_parquet(tmp_path / "smoke" / "epochs")
+    epochs = pd.read_parquet(smoke_run.run / "epochs")
     assert epochs.groupby("trial_id").size().to_dict() == after.set_index("trial_id")["epochs_run"].to_dict()

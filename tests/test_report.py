@@ -1,4 +1,5 @@
-"""The report: tables checked against the Parquet rows of a real smoke sweep, and statistics on constructed repeats."""
+"""The report: tables checked against the Parquet rows of a real smoke sweep (tests/smoke.py), and statistics on
+constructed repeats."""
 
 import json
 import math
@@ -17,26 +18,11 @@ from beanlib.stats import holm
 from beanlib.studies import plan
 from beanlib.train import TrialResult
 
-from clusters import embedded_ray  # noqa: E402
-
-ray = pytest.importorskip("ray")
-
-
-@pytest.fixture(scope="session")
-def smoke_run(tmp_path_factory):
-    """A real smoke sweep (synthetic data, 2 images per class) on the session's embedded Ray."""
-    from beanlib.sweep import SweepOptions, run_sweep
-
-    embedded_ray()
-    root = tmp_path_factory.mktemp("results")
-    run_sweep(SweepOptions(study="smoke", data="synthetic", per_class=2, results=str(root)), out=lambda line: None)
-    return root / "smoke"
-
 
 @pytest.mark.slow
 def test_report_tables_match_the_sweeps_rows(smoke_run, tmp_path):
-    report = build_report(str(smoke_run), str(tmp_path / "report"))
-    trials = pd.read_parquet(smoke_run / "trials")
+    report = build_report(str(smoke_run.run), str(tmp_path / "report"))
+    trials = pd.read_parquet(smoke_run.run / "trials")
     summary = pd.read_parquet(tmp_path / "report" / "summary.parquet")
     assert summary.groupby("factor").size().to_dict() == {"kernel_size": 3, "kernel_counts": 3, "regularizer": 4, "inception": 4}
     assert list(summary["factor"].drop_duplicates()) == ["kernel_size", "kernel_counts", "regularizer", "inception"]
@@ -75,8 +61,8 @@ def test_the_gallery_shows_what_each_familys_best_model_got_wrong(smoke_run, tmp
     from beanlib.data import load_beans
     from beanlib.stats import winners
 
-    build_report(str(smoke_run), str(tmp_path / "report"))
-    trials = pd.read_parquet(smoke_run / "trials").set_index("trial_id")
+    build_report(str(smoke_run.run), str(tmp_path / "report"))
+    trials = pd.read_parquet(smoke_run.run / "trials").set_index("trial_id")
     markdown = (tmp_path / "report" / "report.md").read_text()
     for model, trial_id in winners(trials.reset_index()).items():
         if model not in ("lenet", "inception"):
@@ -90,7 +76,7 @@ def test_the_gallery_shows_what_each_familys_best_model_got_wrong(smoke_run, tmp
         assert gallery.exists() == (wrong > 0)
         assert (f"got wrong, {wrong} of {len(labels)}" in markdown) == (wrong > 0)
     # Data that is not readable here leaves the gallery out, said in the report, and nothing else
-    build_report(str(smoke_run), str(tmp_path / "elsewhere"), data=str(tmp_path / "nowhere"))
+    build_report(str(smoke_run.run), str(tmp_path / "elsewhere"), data=str(tmp_path / "nowhere"))
     assert "no gallery, the run's data" in (tmp_path / "elsewhere" / "report.md").read_text()
 
 
@@ -99,7 +85,7 @@ def test_a_partial_run_gives_a_partial_report(smoke_run, tmp_path):
     import shutil
 
     partial = tmp_path / "smoke"
-    shutil.copytree(smoke_run, partial, ignore=shutil.ignore_patterns("report", "tune"))
+    shutil.copytree(smoke_run.run, partial, ignore=shutil.ignore_patterns("report", "tune"))
     dropped = sorted((partial / "trials").glob("inception-*.parquet"))[:2]
     for path in dropped:
         path.unlink()
