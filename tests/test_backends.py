@@ -60,14 +60,13 @@ def _result(done: subprocess.CompletedProcess) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+@pytest.mark.parametrize("backend", ["jax"])  # TensorFlow's: the same trials in this process, tests/test_train.py
 def test_the_same_trials_run_on_each_backend(backend, tmp_path):
     if importlib.util.find_spec(backend) is None:
         pytest.skip(f"{backend} is not installed (pip install -e '.[test]' brings jax[cpu])")
-    flags = ("block-tensorflow",) if backend != "tensorflow" else ()
-    out = _trials_on(backend, tmp_path, *flags)
+    out = _trials_on(backend, tmp_path, "block-tensorflow")
     assert out["backend"] == backend
-    assert out["tensorflow_loaded"] == (backend == "tensorflow")  # JAX trials need no TensorFlow at all
+    assert not out["tensorflow_loaded"]  # trials on another backend need no TensorFlow at all
     lenet, inception = out["lenet"], out["inception"]
     assert [(r["phase"], r["epoch"]) for r in lenet["history"]] == [("train", 1), ("train", 2)]
     assert [(r["phase"], r["epoch"]) for r in inception["history"]] == [("head", 1), ("fine_tune", 2)]
