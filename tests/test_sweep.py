@@ -511,11 +511,11 @@ def test_tensorboard_shows_each_trials_curves_and_its_hyperparameters(resumed_an
 
 LOAD_AND_SCORE = """
 import sys, numpy as np, keras
-model = keras.saving.load_model(sys.argv[1])  # plain Keras: nothing of beanlib is imported to load it
+models = [keras.saving.load_model(path) for path in sys.argv[1:]]  # plain Keras: nothing of beanlib is imported to load them
 assert not any(name.startswith("beanlib") for name in sys.modules)
 from beanlib.data import load_beans
 test = load_beans("synthetic", 32, per_class=6).test
-print(repr(float(np.mean(np.argmax(model.predict(test.images, verbose=0), 1) == test.labels))))
+print(*(repr(float(np.mean(np.argmax(m.predict(test.images, verbose=0), 1) == test.labels))) for m in models))
 """
 
 
@@ -526,11 +526,11 @@ def test_a_kept_model_loads_in_a_fresh_process_and_scores_its_rows_test_accuracy
     import sys
 
     _, clean = resumed_and_clean
-    for _, row in pd.read_parquet(clean / "trials").iterrows():
-        done = subprocess.run([sys.executable, "-c", LOAD_AND_SCORE, str(clean / row["model_file"])], capture_output=True,
-                              text=True, env={**os.environ, "KERAS_BACKEND": keras_backend}, timeout=300)
-        assert done.returncode == 0, done.stderr[-2000:]
-        assert float(done.stdout.split()[-1]) == row["test_accuracy"]
+    trials = pd.read_parquet(clean / "trials")
+    done = subprocess.run([sys.executable, "-c", LOAD_AND_SCORE, *(str(clean / f) for f in trials["model_file"])],
+                          capture_output=True, text=True, env={**os.environ, "KERAS_BACKEND": keras_backend}, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [float(a) for a in done.stdout.splitlines()[-1].split()] == list(trials["test_accuracy"])
 
 
 def test_predict_classifies_images_with_the_best_model_and_skips_a_corrupt_one(resumed_and_clean, beans_dir, tmp_path):
