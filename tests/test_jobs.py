@@ -4,18 +4,15 @@ local nodes: tests/test_cluster.py.)"""
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from beanlib.studies import plan
 from clusters import user_env
-from smoke import LENETS, SMOKE
+from smoke import LENETS, REPO, SMOKE
 
 pytestmark = pytest.mark.slow  # every test here starts a sweep, a cluster or a subprocess job
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _run(*args, timeout=600, **kwargs) -> subprocess.CompletedProcess:
